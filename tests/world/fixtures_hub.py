@@ -1,0 +1,1 @@
+"""Fixtures; filled in by the test-world work."""

@@ -1,0 +1,425 @@
+"""The one XNAT client: async httpx, used by the authenticator and by the spawn hooks.
+
+Design points, each learnt from how XNAT and the earlier integrations behave:
+
+* The client is shared by every user of the hub, so it must never carry one user's session
+  into another's request: XNAT answers Basic-auth calls with a ``JSESSIONID`` cookie, and a
+  cookie jar would send it on the next user's call. The jar here refuses every cookie.
+* ``GET /data/services/tokens/issue`` is a GET that mints a token, and a failed password
+  counts towards XNAT's lockout: neither it nor any other call that can fail on credentials
+  is retried. Only idempotent reads are, on outage, a bounded number of times.
+* Token secrets travel in URL paths (``/tokens/validate/{alias}/{secret}``). Every URL that
+  reaches a log line or an exception goes through :func:`redact_url`, and httpx's own request
+  log is filtered the same way.
+* Errors are typed (``errors.py``): a caller tells "wrong password" from "XNAT is down".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.cookiejar
+import json
+import logging
+import re
+import ssl
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+from urllib.parse import quote
+
+import httpx
+
+from . import _version
+from .auth_state import XnatToken
+from .errors import (
+    XnatAuthError,
+    XnatBadResponse,
+    XnatError,
+    XnatForbidden,
+    XnatNotFound,
+    XnatUnavailable,
+)
+
+log = logging.getLogger("xnat_oauth.xnat")
+
+# /tokens/{validate,invalidate}/{alias}/{secret}: keep the alias (useful to an admin), drop the secret.
+_SECRET_IN_PATH = re.compile(r"(/tokens/(?:validate|invalidate)/[^/?#]+/)[^/?#]+")
+
+
+def redact_url(url: str | httpx.URL) -> str:
+    """The URL with any token secret and userinfo removed, fit for a log line."""
+    u = httpx.URL(str(url))
+    if u.userinfo:
+        u = u.copy_with(username=None, password=None)
+    return _SECRET_IN_PATH.sub(r"\1***", str(u))
+
+
+class _RedactHttpxLog(logging.Filter):
+    """httpx logs every request URL at INFO; XNAT puts token secrets in some of them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(
+                redact_url(a) if isinstance(a, httpx.URL) else a for a in record.args
+            )
+        if isinstance(record.msg, str) and "/tokens/" in record.msg:
+            record.msg = _SECRET_IN_PATH.sub(r"\1***", record.msg)
+        return True
+
+
+for _name in ("httpx", "httpcore"):
+    _logger = logging.getLogger(_name)
+    if not any(isinstance(f, _RedactHttpxLog) for f in _logger.filters):
+        _logger.addFilter(_RedactHttpxLog())
+
+
+class _NoCookies(http.cookiejar.CookiePolicy):
+    """Accept no cookie: a shared client must not turn one user's session into another's."""
+
+    netscape = True
+    rfc2965 = hide_cookie2 = False
+
+    def set_ok(self, cookie, request):
+        return False
+
+    def return_ok(self, cookie, request):
+        return False
+
+    def domain_return_ok(self, domain, request):
+        return False
+
+    def path_return_ok(self, path, request):
+        return False
+
+
+class BearerAuth(httpx.Auth):
+    """``Authorization: Bearer`` for XNATs whose OpenID plugin accepts provider tokens."""
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def auth_flow(self, request):
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        yield request
+
+    def __repr__(self):
+        return "BearerAuth(***)"
+
+
+Credentials = httpx.Auth | XnatToken | tuple
+
+
+def as_auth(credentials: Credentials) -> httpx.Auth:
+    """Turn what callers hold (a stored alias token, a username/password pair) into httpx auth."""
+    if isinstance(credentials, httpx.Auth):
+        return credentials
+    if isinstance(credentials, XnatToken):
+        # XNAT treats a UUID-shaped Basic username as a token alias.
+        return httpx.BasicAuth(credentials.alias, credentials.secret)
+    if isinstance(credentials, tuple) and len(credentials) == 2:
+        return httpx.BasicAuth(*credentials)
+    raise TypeError(f"unsupported XNAT credentials: {type(credentials).__name__}")
+
+
+@dataclass(frozen=True)
+class AliasToken:
+    """What ``/data/services/tokens/issue`` returns, reduced to what we use."""
+
+    alias: str
+    secret: str = field(repr=False)
+    username: str | None  # xdatUserId; older XNATs omit it
+    expires_at: float  # epoch seconds
+
+    def as_token(self) -> XnatToken:
+        return XnatToken(alias=self.alias, secret=self.secret, expires_at=self.expires_at)
+
+
+def _seg(value: str, what: str) -> str:
+    """One URL path segment: never let a username or server name add a path level."""
+    if not isinstance(value, str) or not value or value in (".", ".."):
+        raise ValueError(f"invalid {what} for an XNAT URL: {value!r}")
+    return quote(value, safe="")
+
+
+class XnatClient:
+    """Async client for the parts of XNAT's REST API the hub needs.
+
+    ``url`` is XNAT's base URL (with its context path, e.g. ``https://host/xnat``).
+    ``verify`` is True (system CAs), False (never in production), or a CA bundle path.
+    ``read_retries`` bounds the retries of idempotent reads after an outage.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 10.0,
+        connect_timeout: float | None = None,
+        verify: bool | str = True,
+        read_retries: int = 2,
+        retry_backoff: float = 0.2,
+        trust_env: bool = False,
+        transport: httpx.AsyncBaseTransport | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
+        if not url or not url.startswith(("http://", "https://")):
+            raise ValueError(f"XNAT url must start with http:// or https://, got {url!r}")
+        self.url = url.rstrip("/")
+        self.timeout = float(timeout)
+        self.read_retries = max(0, int(read_retries))
+        self.retry_backoff = retry_backoff
+        if ssl_context is not None:
+            verify_arg: Any = ssl_context
+        elif isinstance(verify, str):
+            verify_arg = ssl.create_default_context(cafile=verify)
+        else:
+            verify_arg = verify
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            timeout=httpx.Timeout(self.timeout, connect=connect_timeout or self.timeout),
+            verify=verify_arg,
+            trust_env=trust_env,
+            follow_redirects=False,
+            cookies=httpx.Cookies(http.cookiejar.CookieJar(policy=_NoCookies())),
+            headers={"User-Agent": f"xnat-oauth/{_version.__version__}", "Accept": "application/json"},
+            transport=transport,
+        )
+
+    async def aclose(self):
+        await self._http.aclose()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.aclose()
+
+    # -- transport -------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        auth: Credentials,
+        *,
+        params: Mapping[str, str] | None = None,
+        idempotent: bool = False,
+        accept: str = "application/json",
+    ) -> httpx.Response:
+        attempts = 1 + (self.read_retries if idempotent else 0)
+        last: XnatUnavailable | None = None
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(self.retry_backoff * (2 ** (attempt - 1)))
+            try:
+                resp = await self._send_once(method, path, auth, params, accept)
+            except XnatUnavailable as e:
+                last = e
+                if attempt + 1 < attempts:
+                    log.info("XNAT unavailable (%s); retry %d of %d", e, attempt + 1, attempts - 1)
+                continue
+            return resp
+        assert last is not None
+        raise last
+
+    async def _send_once(self, method, path, auth, params, accept) -> httpx.Response:
+        url = self.url + path
+        safe = redact_url(url)
+        try:
+            # httpx has per-phase timeouts only; a server that trickles bytes must not hold a
+            # login for ever, so bound the whole exchange too.
+            resp = await asyncio.wait_for(
+                self._http.request(
+                    method, path, auth=as_auth(auth), params=params, headers={"Accept": accept}
+                ),
+                timeout=self.timeout * 1.5,
+            )
+        except (httpx.TimeoutException, asyncio.TimeoutError):
+            raise XnatUnavailable(f"XNAT timed out after {self.timeout:g}s: {method} {safe}", url=safe) from None
+        except httpx.TransportError as e:
+            raise XnatUnavailable(
+                f"XNAT unreachable: {method} {safe}: {type(e).__name__}", url=safe
+            ) from None
+        status = resp.status_code
+        if status < 300:
+            return resp
+        msg = f"XNAT answered {status} to {method} {safe}"
+        if status == 401:
+            raise XnatAuthError(msg, url=safe, status=status)
+        if status == 403:
+            raise XnatForbidden(msg, url=safe, status=status)
+        if status == 404:
+            raise XnatNotFound(msg, url=safe, status=status)
+        if status >= 500 or status == 429:
+            raise XnatUnavailable(msg, url=safe, status=status)
+        if 300 <= status < 400:
+            # XNAT sends browsers without a session to its login page; an API never should.
+            raise XnatBadResponse(
+                msg + f" (redirect to {redact_url(resp.headers.get('location', '?'))})",
+                url=safe,
+                status=status,
+            )
+        raise XnatError(msg, url=safe, status=status)
+
+    @staticmethod
+    def _json(resp: httpx.Response) -> Any:
+        safe = redact_url(resp.request.url)
+        ctype = resp.headers.get("content-type", "")
+        if "html" in ctype:
+            raise XnatBadResponse(f"XNAT answered HTML, not JSON, to {safe}", url=safe, status=resp.status_code)
+        try:
+            return json.loads(resp.content)
+        except ValueError:
+            raise XnatBadResponse(
+                f"XNAT answered malformed JSON to {safe}", url=safe, status=resp.status_code
+            ) from None
+
+    @staticmethod
+    def _expect(cond: bool, what: str, resp: httpx.Response):
+        if not cond:
+            safe = redact_url(resp.request.url)
+            raise XnatBadResponse(f"XNAT answer to {safe} lacks {what}", url=safe, status=resp.status_code)
+
+    # -- alias tokens ----------------------------------------------------------------------
+
+    def _alias_token(self, resp: httpx.Response) -> AliasToken:
+        d = self._json(resp)
+        ok = (
+            isinstance(d, dict)
+            and isinstance(d.get("alias"), str)
+            and d["alias"]
+            and isinstance(d.get("secret"), str)
+            and d["secret"]
+            and isinstance(d.get("estimatedExpirationTime"), (int, float))
+        )
+        self._expect(ok, "alias, secret and estimatedExpirationTime", resp)
+        user = d.get("xdatUserId")
+        return AliasToken(
+            alias=d["alias"],
+            secret=d["secret"],
+            username=user if isinstance(user, str) and user else None,
+            expires_at=d["estimatedExpirationTime"] / 1000.0,
+        )
+
+    async def issue_token(self, auth: Credentials) -> AliasToken:
+        """A new alias token for the caller. With a password, this is also the password check.
+
+        Never retried: it mints a token, and a failed password counts towards lockout.
+        """
+        resp = await self._request("GET", "/data/services/tokens/issue", auth)
+        return self._alias_token(resp)
+
+    async def issue_token_for(self, username: str, auth: Credentials) -> AliasToken:
+        """A token for another user; XNAT allows this to site admins only."""
+        resp = await self._request(
+            "GET", f"/data/services/tokens/issue/user/{_seg(username, 'username')}", auth
+        )
+        return self._alias_token(resp)
+
+    async def validate_token(self, token: XnatToken, auth: Credentials | None = None) -> str | None:
+        """The token's owner, or None when XNAT says it is expired or the secret is wrong."""
+        path = f"/data/services/tokens/validate/{_seg(token.alias, 'alias')}/{_seg(token.secret, 'secret')}"
+        resp = await self._request("GET", path, auth or token, idempotent=True)
+        d = self._json(resp)
+        self._expect(isinstance(d, dict) and "valid" in d, "'valid'", resp)
+        v = d["valid"]
+        return v if isinstance(v, str) and v else None
+
+    async def invalidate_token(self, token: XnatToken, auth: Credentials | None = None) -> None:
+        path = f"/data/services/tokens/invalidate/{_seg(token.alias, 'alias')}/{_seg(token.secret, 'secret')}"
+        resp = await self._request("GET", path, auth or token)
+        self._json(resp)
+
+    # -- users ------------------------------------------------------------------------------
+
+    async def whoami(self, auth: Credentials) -> str:
+        resp = await self._request(
+            "GET", "/xapi/users/username", auth, idempotent=True, accept="text/plain, application/json"
+        )
+        if "html" in resp.headers.get("content-type", ""):
+            raise XnatBadResponse("XNAT answered HTML to /xapi/users/username", url=self.url)
+        name = resp.text.strip().strip('"')
+        self._expect(bool(name) and "\n" not in name and len(name) < 256, "a username", resp)
+        return name
+
+    async def profile(self, auth: Credentials) -> dict:
+        resp = await self._request("GET", "/xapi/users/profile", auth, idempotent=True)
+        d = self._json(resp)
+        self._expect(isinstance(d, dict) and isinstance(d.get("username"), str), "username", resp)
+        return d
+
+    async def user(self, username: str, auth: Credentials) -> dict:
+        resp = await self._request("GET", f"/xapi/users/{_seg(username, 'username')}", auth, idempotent=True)
+        d = self._json(resp)
+        self._expect(isinstance(d, dict) and isinstance(d.get("username"), str), "username", resp)
+        return d
+
+    async def user_roles(self, username: str, auth: Credentials) -> list[str]:
+        resp = await self._request(
+            "GET", f"/xapi/users/{_seg(username, 'username')}/roles", auth, idempotent=True
+        )
+        d = self._json(resp)
+        self._expect(isinstance(d, list) and all(isinstance(r, str) for r in d), "a list of roles", resp)
+        return d
+
+    async def all_users_can_start_jupyter(self, auth: Credentials) -> bool:
+        resp = await self._request(
+            "GET", "/xapi/jupyterhub/preferences/allUsersCanStartJupyter", auth, idempotent=True
+        )
+        d = self._json(resp)
+        self._expect(isinstance(d, dict) and "allUsersCanStartJupyter" in d, "allUsersCanStartJupyter", resp)
+        v = d["allUsersCanStartJupyter"]
+        # XNAT preferences are strings in some versions.
+        return v is True or (isinstance(v, str) and v.lower() == "true")
+
+    async def can_start_jupyter(self, username: str, auth: Credentials) -> bool:
+        """The plugin's rule: role ``Jupyter`` (or admin) or the site-wide preference.
+
+        Both reads go out at once; a user with the role is allowed even if the preference
+        endpoint is missing (plugin not installed answers 404 there).
+        """
+        roles_t = asyncio.ensure_future(self.user_roles(username, auth))
+        pref_t = asyncio.ensure_future(self.all_users_can_start_jupyter(auth))
+        try:
+            roles = await roles_t
+        except BaseException:
+            pref_t.cancel()
+            raise
+        if {"Jupyter", "Administrator"} & set(roles):
+            pref_t.cancel()
+            return True
+        try:
+            return await pref_t
+        except XnatNotFound:
+            return False
+
+    # -- projects and the JupyterHub plugin -------------------------------------------------
+
+    async def projects(self, auth: Credentials) -> list[dict]:
+        """Projects the caller can read (XNAT's default project listing)."""
+        resp = await self._request("GET", "/data/projects", auth, params={"format": "json"}, idempotent=True)
+        d = self._json(resp)
+        ok = (
+            isinstance(d, dict)
+            and isinstance(d.get("ResultSet"), dict)
+            and isinstance(d["ResultSet"].get("Result"), list)
+        )
+        self._expect(ok, "ResultSet.Result", resp)
+        rows = [r for r in d["ResultSet"]["Result"] if isinstance(r, dict) and isinstance(r.get("ID"), str)]
+        return rows
+
+    async def user_options(self, username: str, servername: str, auth: Credentials) -> dict:
+        """Launch options XNAT stored when the user clicked "Start Jupyter".
+
+        ``servername`` "" is the default server (no ``//`` in the path). Needs the
+        ``JupyterHub`` or ``Administrator`` role. XnatNotFound when nothing is stored.
+        """
+        base = f"/xapi/jupyterhub/users/{_seg(username, 'username')}/server"
+        path = f"{base}/{_seg(servername, 'server name')}/user-options" if servername else f"{base}/user-options"
+        resp = await self._request("GET", path, auth, idempotent=True)
+        d = self._json(resp)
+        self._expect(isinstance(d, dict), "a JSON object", resp)
+        return d
+
+
+def project_ids(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    return [r["ID"] for r in rows]
