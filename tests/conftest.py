@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.world.fixtures_xnat",
     "tests.world.fixtures_oidc",
     "tests.world.fixtures_hub",
+    "tests.world.rogue_idp",
 ]

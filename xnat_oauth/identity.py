@@ -201,6 +201,11 @@ def require_verified_email(claims: Mapping[str, Any]) -> str:
     raise UnverifiedEmail()
 
 
+def _as_list(allowed: Iterable[str] | str) -> list[str]:
+    # A lone string is one value, not a sequence of one-letter values.
+    return [allowed] if isinstance(allowed, str) else [a for a in allowed if a and a.strip()]
+
+
 def _text_values(value: Any) -> list[str] | None:
     """A claim that may be a string or a list of strings, as a list; None if it is neither."""
     if isinstance(value, str):
@@ -213,12 +218,12 @@ def _text_values(value: Any) -> list[str] | None:
 def _require_one_of(
     claims: Mapping[str, Any],
     claim: str,
-    allowed: Iterable[str],
+    allowed: Iterable[str] | str,
     *,
     fold_case: bool,
     what: str,
 ) -> None:
-    allowed = list(allowed)
+    allowed = _as_list(allowed)
     if not allowed:
         return
     present = claims.get(claim)
@@ -235,9 +240,9 @@ def _require_one_of(
 def check_aaf_claims(
     claims: Mapping[str, Any],
     *,
-    allowed_scoped_affiliations: Iterable[str] = (),
-    allowed_entitlements: Iterable[str] = (),
-    allowed_home_organisations: Iterable[str] = (),
+    allowed_scoped_affiliations: Iterable[str] | str = (),
+    allowed_entitlements: Iterable[str] | str = (),
+    allowed_home_organisations: Iterable[str] | str = (),
 ) -> None:
     """AAF's recommended authorisation: scoped affiliation, entitlement, home organisation.
 
@@ -260,13 +265,13 @@ def check_aaf_claims(
     )
 
 
-def check_hosted_domain(claims: Mapping[str, Any], allowed_domains: Iterable[str]) -> None:
+def check_hosted_domain(claims: Mapping[str, Any], allowed_domains: Iterable[str] | str) -> None:
     """Google Workspace domains: the ``hd`` claim must be one of ``allowed_domains``.
 
     Only the signed ``hd`` claim counts. The email's suffix proves nothing (a personal Google
     account can carry any address) and the ``hd`` authorize parameter only styles the login page.
     """
-    allowed = {d.strip().lstrip("@").casefold() for d in allowed_domains if d.strip()}
+    allowed = {d.strip().lstrip("@").casefold() for d in _as_list(allowed_domains)}
     if not allowed:
         return
     hd = claims.get("hd")

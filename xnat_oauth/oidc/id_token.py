@@ -39,7 +39,8 @@ ALLOWED_ALGS: tuple[str, ...] = tuple(KEY_TYPES_BY_ALG)
 
 #: claims that only the (signed) ID token may set; userinfo cannot override them
 PROTECTED_CLAIMS = frozenset(
-    {"iss", "sub", "aud", "exp", "iat", "nbf", "nonce", "azp", "at_hash", "c_hash", "auth_time", "acr", "amr", "jti"}
+    {"iss", "sub", "aud", "exp", "iat", "nbf", "nonce", "azp", "at_hash", "c_hash"}
+    | {"auth_time", "acr", "amr", "jti"}
 )
 
 # authlib/joserfc claim names -> our reason codes (claims not listed map to "claim"; an exp in

@@ -1,0 +1,652 @@
+"""A small OpenID provider the TEST controls, for tokens a certified provider will not produce.
+
+It is a real HTTP server (tornado, 127.0.0.1 only, its own event loop in a daemon thread) with
+discovery, JWKS, authorize, token and userinfo endpoints. It behaves like a provider should
+(client secret, registered redirect URIs, PKCE S256, single-use codes) until the test sets
+``idp.mode`` to one of :class:`TokenMode`, or ``idp.id_token_hook`` to build the ID token itself.
+
+Counters (``idp.counts["discovery" | "jwks" | "authorize" | "token" | "userinfo"]``) let tests and
+benchmarks assert, e.g., "no discovery or JWKS fetch per login after the first".
+
+Usage::
+
+    with RogueIdP() as idp:
+        idp.mode = TokenMode.EXPIRED
+        tokens = await code_flow(http, idp, nonce="n-1")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import enum
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
+
+import httpx
+import pytest
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+from authlib.oidc.core.util import create_half_hash
+from cryptography.hazmat.primitives import serialization
+from joserfc import jwt
+from joserfc.jwk import ECKey, KeySet, RSAKey
+
+LOOPBACK = "127.0.0.1"
+_START_TIMEOUT = 10.0
+
+
+class TokenMode(str, enum.Enum):
+    """What the token endpoint does to the ID token it returns."""
+
+    OK = "ok"
+    #: signed by a key that is not the provider's, header names a published kid
+    FORGED_SIGNATURE = "forged_signature"
+    #: signed by a key that is not published, with a kid never seen before (fresh each time)
+    UNKNOWN_KID = "unknown_kid"
+    #: ``alg: none``, empty signature
+    ALG_NONE = "alg_none"
+    #: ``alg: HS256`` with the provider's public RSA key (PEM) as the HMAC secret
+    HS256_WITH_PUBLIC_KEY = "hs256_with_public_key"
+    EXPIRED = "expired"
+    #: iat an hour in the future
+    ISSUED_IN_FUTURE = "issued_in_future"
+    WRONG_AUD = "wrong_aud"
+    WRONG_ISS = "wrong_iss"
+    NO_NONCE = "no_nonce"
+    #: the nonce of the previous authorize request instead of this one's
+    REPLAYED_NONCE = "replayed_nonce"
+    #: aud [client, other], azp other
+    MULTI_AUD_BAD_AZP = "multi_aud_bad_azp"
+    #: aud [client, other], no azp
+    MULTI_AUD_NO_AZP = "multi_aud_no_azp"
+    #: aud [client, other], azp client (valid)
+    MULTI_AUD_OK = "multi_aud_ok"
+    #: at_hash of another access token
+    BAD_AT_HASH = "bad_at_hash"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def mixed_case_sub() -> str:
+    """An AAF-like opaque subject: 43 characters, mixed case."""
+    return ("aB" + secrets.token_urlsafe(31))[:43]
+
+
+@dataclass
+class _Grant:
+    client_id: str
+    redirect_uri: str
+    scope: str
+    account: str
+    nonce: str | None
+    code_challenge: str | None
+    #: nonce of the authorize request before this one (for REPLAYED_NONCE)
+    previous_nonce: str | None
+
+
+@dataclass
+class _Session:
+    account: str
+    scope: str
+    expires: float = field(default_factory=lambda: time.time() + 3600)
+
+
+class RogueIdP:
+    """An OpenID provider on 127.0.0.1 whose every misbehaviour a test can switch on."""
+
+    def __init__(
+        self,
+        *,
+        client_id: str = "rogue-client",
+        client_secret: str | None = None,
+        redirect_uris: tuple[str, ...] = (),
+        signing_alg: str = "RS256",
+    ):
+        self.client_id = client_id
+        self.client_secret = client_secret or secrets.token_urlsafe(24)
+        #: registered redirect URIs; empty means any http URL on 127.0.0.1 (test convenience)
+        self.redirect_uris = tuple(redirect_uris)
+        self._default_alg = signing_alg
+        self._rsa = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"}, auto_kid=True)
+        self._ec = ECKey.generate_key("P-256", parameters={"use": "sig", "alg": "ES256"}, auto_kid=True)
+        self._published = [self._rsa, self._ec]
+        # Same types, never published: what a forger holds.
+        self._rogue_rsa = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"})
+        self._rogue_ec = ECKey.generate_key("P-256", parameters={"use": "sig", "alg": "ES256"})
+        self._codes: dict[str, _Grant] = {}
+        self._access_tokens: dict[str, _Session] = {}
+        self._refresh_tokens: dict[str, _Session] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.port: int | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to an honest provider with one fresh default account and zero counters.
+
+        Keys stay (a server shared by several tests keeps its identity); rotated keys stay published.
+        """
+        #: "RS256" or "ES256": how OK tokens are signed
+        self.signing_alg = self._default_alg
+        #: accounts by login_hint; the authorize request's login_hint picks one
+        self.accounts: dict[str, dict[str, Any]] = {
+            "default": {
+                "sub": mixed_case_sub(),
+                "name": "Rogue Tester",
+                "given_name": "Rogue",
+                "family_name": "Tester",
+                "email": "rogue.tester@example.org",
+                "email_verified": True,
+            }
+        }
+        self.default_account = "default"
+        self.mode: TokenMode = TokenMode.OK
+        #: if set, builds the ID token: hook(claims, header) -> compact JWS string
+        self.id_token_hook: Callable[[dict, dict], str] | None = None
+        #: if set, userinfo answers with this sub instead of the account's
+        self.userinfo_sub_override: str | None = None
+        #: keys merged into the discovery document (e.g. {"issuer": "https://elsewhere.example"})
+        self.discovery_overrides: dict[str, Any] = {}
+        #: endpoint name -> HTTP status (int) or "garbage" (200 with HTML) to answer instead
+        self.faults: dict[str, int | str] = {}
+        #: put the account's profile claims in the ID token too (else only in userinfo)
+        self.profile_in_id_token = True
+        self.id_token_lifetime = 300
+        #: issue refresh tokens (also when the scope has offline_access)
+        self.issue_refresh_token = False
+        #: raw JWK dicts appended to the published set (broken keys, enc keys, other types)
+        self.extra_jwks_keys: list[dict[str, Any]] = []
+        #: requests served, per endpoint
+        self.counts: collections.Counter[str] = collections.Counter()
+        #: nonces received by authorize, in order
+        self.nonces: list[str | None] = []
+
+    # -- life ---------------------------------------------------------------------------------
+
+    def start(self) -> "RogueIdP":
+        """Listen on 127.0.0.1 (a free port) and return once requests are being served."""
+        sockets = tornado.netutil.bind_sockets(0, LOOPBACK)
+        self.port = sockets[0].getsockname()[1]
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            server: tornado.httpserver.HTTPServer | None = None
+
+            async def setup() -> tornado.httpserver.HTTPServer:
+                srv = tornado.httpserver.HTTPServer(self._application())
+                srv.add_sockets(sockets)
+                return srv
+
+            try:
+                server = loop.run_until_complete(setup())
+            except BaseException as err:  # surfaced by start()
+                failure.append(err)
+                ready.set()
+                return
+            loop.call_soon(ready.set)
+            try:
+                loop.run_forever()
+            finally:
+                server.stop()
+                loop.run_until_complete(server.close_all_connections())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"rogue-idp-{self.port}", daemon=True)
+        self._thread.start()
+        if not ready.wait(_START_TIMEOUT) or failure:
+            raise RuntimeError("rogue IdP did not start") from (failure[0] if failure else None)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait (bounded) for the thread to end."""
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(_START_TIMEOUT)
+        self._thread = None
+        self._loop = None
+
+    def __enter__(self) -> "RogueIdP":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- what tests read and steer ------------------------------------------------------------
+
+    @property
+    def issuer(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def url(self, path: str) -> str:
+        return f"{self.issuer}{path}"
+
+    @property
+    def discovery_url(self) -> str:
+        return self.url("/.well-known/openid-configuration")
+
+    @property
+    def account(self) -> dict[str, Any]:
+        """The default account's claims (mutable)."""
+        return self.accounts[self.default_account]
+
+    def reset_counts(self) -> None:
+        self.counts.clear()
+
+    def published_kids(self) -> list[str]:
+        return [k.kid for k in self._published]
+
+    def signing_key(self, alg: str = "RS256") -> RSAKey | ECKey:
+        """The published private key currently used for ``alg`` (for hooks that sign themselves)."""
+        return self._rsa if alg == "RS256" else self._ec
+
+    def rotate_key(self, alg: str = "RS256") -> str:
+        """Publish a new signing key for ``alg`` and sign with it from now on; returns its kid."""
+        if alg == "RS256":
+            key = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"}, auto_kid=True)
+            self._rsa = key
+        else:
+            key = ECKey.generate_key("P-256", parameters={"use": "sig", "alg": "ES256"}, auto_kid=True)
+            self._ec = key
+        self._published = [*self._published, key]
+        return key.kid
+
+    def jwks(self) -> dict[str, Any]:
+        """The published key set (public parts only)."""
+        doc = KeySet(list(self._published)).as_dict(private=False)
+        doc["keys"].extend(self.extra_jwks_keys)
+        return doc
+
+    def discovery_document(self) -> dict[str, Any]:
+        doc = {
+            "issuer": self.issuer,
+            "authorization_endpoint": self.url("/authorize"),
+            "token_endpoint": self.url("/token"),
+            "userinfo_endpoint": self.url("/userinfo"),
+            "jwks_uri": self.url("/jwks"),
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce", "name", "email"],
+        }
+        doc.update(self.discovery_overrides)
+        return doc
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    def id_token_claims(
+        self,
+        account: str | None = None,
+        *,
+        nonce: str | None = None,
+        access_token: str | None = None,
+        alg: str | None = None,
+    ) -> dict[str, Any]:
+        """The claims an honest provider would sign for ``account``."""
+        profile = self.accounts[account or self.default_account]
+        now = int(time.time())
+        claims: dict[str, Any] = {}
+        if self.profile_in_id_token:
+            claims.update(profile)
+        claims.update(
+            {
+                "iss": self.issuer,
+                "sub": profile["sub"],
+                "aud": self.client_id,
+                "iat": now,
+                "exp": now + self.id_token_lifetime,
+                "auth_time": now,
+            }
+        )
+        if nonce is not None:
+            claims["nonce"] = nonce
+        if access_token is not None:
+            claims["at_hash"] = create_half_hash(access_token, alg or self.signing_alg).decode("ascii")
+        return claims
+
+    def make_id_token(
+        self,
+        claims: dict[str, Any],
+        *,
+        mode: TokenMode | str | None = None,
+        alg: str | None = None,
+        previous_nonce: str | None = None,
+    ) -> str:
+        """Sign ``claims`` (a copy) after applying ``mode`` (default: ``self.mode``)."""
+        mode = TokenMode(mode or self.mode)
+        alg = alg or self.signing_alg
+        claims = dict(claims)
+        now = int(time.time())
+        if mode is TokenMode.EXPIRED:
+            claims["iat"], claims["exp"] = now - 7200, now - 3600
+        elif mode is TokenMode.ISSUED_IN_FUTURE:
+            claims["iat"], claims["exp"] = now + 3600, now + 7200
+        elif mode is TokenMode.WRONG_AUD:
+            claims["aud"] = "another-client"
+        elif mode is TokenMode.WRONG_ISS:
+            claims["iss"] = "https://issuer.invalid"
+        elif mode is TokenMode.NO_NONCE:
+            claims.pop("nonce", None)
+        elif mode is TokenMode.REPLAYED_NONCE:
+            claims["nonce"] = previous_nonce or "nonce-of-an-earlier-login"
+        elif mode is TokenMode.MULTI_AUD_BAD_AZP:
+            claims["aud"], claims["azp"] = [self.client_id, "another-client"], "another-client"
+        elif mode is TokenMode.MULTI_AUD_NO_AZP:
+            claims["aud"] = [self.client_id, "another-client"]
+            claims.pop("azp", None)
+        elif mode is TokenMode.MULTI_AUD_OK:
+            claims["aud"], claims["azp"] = [self.client_id, "another-client"], self.client_id
+        elif mode is TokenMode.BAD_AT_HASH:
+            claims["at_hash"] = create_half_hash("another-access-token", alg).decode("ascii")
+
+        published = self._rsa if alg == "RS256" else self._ec
+        header: dict[str, Any] = {"alg": alg, "kid": published.kid, "typ": "JWT"}
+        if self.id_token_hook is not None:
+            return self.id_token_hook(claims, header)
+        if mode is TokenMode.ALG_NONE:
+            return self._unsigned({**header, "alg": "none"}, claims, b"")
+        if mode is TokenMode.HS256_WITH_PUBLIC_KEY:
+            # The classic algorithm-confusion attack: a verifier that takes alg from the header and
+            # uses "the key" as an HMAC secret accepts this.
+            secret = self._rsa.public_key.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            head = {**header, "alg": "HS256", "kid": self._rsa.kid}
+            signing_input = self._signing_input(head, claims)
+            return self._unsigned(head, claims, hmac.new(secret, signing_input, hashlib.sha256).digest())
+        rogue = self._rogue_rsa if alg == "RS256" else self._rogue_ec
+        if mode is TokenMode.FORGED_SIGNATURE:
+            return jwt.encode(header, claims, rogue)
+        if mode is TokenMode.UNKNOWN_KID:
+            return jwt.encode({**header, "kid": "unpublished-" + secrets.token_hex(8)}, claims, rogue)
+        return jwt.encode(header, claims, published)
+
+    @staticmethod
+    def _signing_input(header: dict, claims: dict) -> bytes:
+        return (
+            _b64url(json.dumps(header, separators=(",", ":")).encode())
+            + "."
+            + _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        ).encode("ascii")
+
+    @classmethod
+    def _unsigned(cls, header: dict, claims: dict, signature: bytes) -> str:
+        return cls._signing_input(header, claims).decode("ascii") + "." + _b64url(signature)
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def _application(self) -> tornado.web.Application:
+        args = {"idp": self}
+        return tornado.web.Application(
+            [
+                (r"/\.well-known/openid-configuration", _Discovery, args),
+                (r"/jwks", _Jwks, args),
+                (r"/authorize", _Authorize, args),
+                (r"/token", _Token, args),
+                (r"/userinfo", _Userinfo, args),
+            ],
+            log_function=lambda handler: None,  # URLs carry nonces and codes; keep them out of logs
+        )
+
+    def _redirect_allowed(self, uri: str) -> bool:
+        if self.redirect_uris:
+            return uri in self.redirect_uris
+        parts = urlsplit(uri)
+        return parts.scheme == "http" and parts.hostname == LOOPBACK
+
+    def _authorize(self, params: dict[str, str]) -> _Grant:
+        with self._lock:
+            previous = self.nonces[-1] if self.nonces else None
+            self.nonces.append(params.get("nonce"))
+        account = params.get("login_hint") or self.default_account
+        if account not in self.accounts:
+            account = self.default_account
+        return _Grant(
+            client_id=params["client_id"],
+            redirect_uri=params["redirect_uri"],
+            scope=params.get("scope", "openid"),
+            account=account,
+            nonce=params.get("nonce"),
+            code_challenge=params.get("code_challenge"),
+            previous_nonce=previous,
+        )
+
+    def _issue(self, account: str, scope: str, nonce: str | None, previous_nonce: str | None) -> dict:
+        access_token = secrets.token_urlsafe(32)
+        session = _Session(account=account, scope=scope)
+        self._access_tokens[access_token] = session
+        claims = self.id_token_claims(account, nonce=nonce, access_token=access_token)
+        response = {
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": 3600,
+            "scope": scope,
+            "id_token": self.make_id_token(claims, previous_nonce=previous_nonce),
+        }
+        if self.issue_refresh_token or "offline_access" in scope.split():
+            refresh_token = secrets.token_urlsafe(32)
+            self._refresh_tokens[refresh_token] = session
+            response["refresh_token"] = refresh_token
+        return response
+
+
+class _Base(tornado.web.RequestHandler):
+    endpoint = ""
+
+    def initialize(self, idp: RogueIdP) -> None:
+        self.idp = idp
+
+    def prepare(self) -> None:
+        self.idp.counts[self.endpoint] += 1
+        fault = self.idp.faults.get(self.endpoint)
+        if fault == "garbage":
+            self.set_header("Content-Type", "text/html")
+            self.finish("<html><body>Service temporarily unavailable</body></html>")
+        elif isinstance(fault, int):
+            self.set_status(fault)
+            self.finish({"error": "server_error"})
+
+    def json(self, body: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(body))
+
+    def oauth_error(self, error: str, status: int = 400) -> None:
+        self.json({"error": error}, status)
+
+
+class _Discovery(_Base):
+    endpoint = "discovery"
+
+    def get(self) -> None:
+        self.json(self.idp.discovery_document())
+
+
+class _Jwks(_Base):
+    endpoint = "jwks"
+
+    def get(self) -> None:
+        self.json(self.idp.jwks())
+
+
+class _Authorize(_Base):
+    endpoint = "authorize"
+
+    def get(self) -> None:
+        params = {k: self.get_argument(k) for k in self.request.arguments}
+        if params.get("client_id") != self.idp.client_id:
+            return self.oauth_error("invalid_client")  # never redirect for an unknown client
+        redirect_uri = params.get("redirect_uri", "")
+        if not self.idp._redirect_allowed(redirect_uri):
+            return self.oauth_error("invalid_request")  # never redirect to an unregistered URI
+        back: dict[str, str] = {}
+        if "state" in params:
+            back["state"] = params["state"]
+        if params.get("response_type") != "code":
+            back["error"] = "unsupported_response_type"
+        elif "code_challenge" in params and params.get("code_challenge_method") != "S256":
+            back["error"] = "invalid_request"
+        else:
+            code = secrets.token_urlsafe(24)
+            self.idp._codes[code] = self.idp._authorize(params)
+            back["code"] = code
+        sep = "&" if "?" in redirect_uri else "?"
+        self.redirect(redirect_uri + sep + urlencode(back))
+
+
+class _Token(_Base):
+    endpoint = "token"
+
+    def _client_credentials(self) -> tuple[str | None, str | None]:
+        auth = self.request.headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            try:
+                raw = base64.b64decode(auth[6:]).decode()
+            except (ValueError, UnicodeDecodeError):
+                return None, None
+            client_id, _, secret = raw.partition(":")
+            return unquote_plus(client_id), unquote_plus(secret)
+        return self.get_body_argument("client_id", None), self.get_body_argument("client_secret", None)
+
+    def post(self) -> None:
+        idp = self.idp
+        client_id, secret = self._client_credentials()
+        if client_id != idp.client_id or not secret or not hmac.compare_digest(
+            secret.encode(), idp.client_secret.encode()
+        ):
+            return self.oauth_error("invalid_client", 401)
+        grant_type = self.get_body_argument("grant_type", "")
+        if grant_type == "refresh_token":
+            session = idp._refresh_tokens.get(self.get_body_argument("refresh_token", ""))
+            if session is None:
+                return self.oauth_error("invalid_grant")
+            return self.json(idp._issue(session.account, session.scope, None, None))
+        if grant_type != "authorization_code":
+            return self.oauth_error("unsupported_grant_type")
+        grant = idp._codes.pop(self.get_body_argument("code", ""), None)  # single use
+        if grant is None or grant.client_id != client_id:
+            return self.oauth_error("invalid_grant")
+        if self.get_body_argument("redirect_uri", None) != grant.redirect_uri:
+            return self.oauth_error("invalid_grant")
+        verifier = self.get_body_argument("code_verifier", None)
+        if grant.code_challenge is not None:
+            expected = _b64url(hashlib.sha256((verifier or "").encode()).digest())
+            if not verifier or not hmac.compare_digest(expected, grant.code_challenge):
+                return self.oauth_error("invalid_grant")
+        elif verifier is not None:
+            return self.oauth_error("invalid_grant")
+        self.json(idp._issue(grant.account, grant.scope, grant.nonce, grant.previous_nonce))
+
+
+class _Userinfo(_Base):
+    endpoint = "userinfo"
+
+    def _answer(self) -> None:
+        auth = self.request.headers.get("Authorization", "")
+        session = self.idp._access_tokens.get(auth[7:]) if auth.startswith("Bearer ") else None
+        if session is None or session.expires < time.time():
+            self.set_header("WWW-Authenticate", 'Bearer error="invalid_token"')
+            return self.oauth_error("invalid_token", 401)
+        claims = dict(self.idp.accounts[session.account])
+        if self.idp.userinfo_sub_override is not None:
+            claims["sub"] = self.idp.userinfo_sub_override
+        self.json(claims)
+
+    get = post = _answer
+
+
+# -- a scripted login (no browser), for tests of the library layer ---------------------------
+
+
+def pkce_pair() -> tuple[str, str]:
+    """(code_verifier, S256 code_challenge)."""
+    verifier = secrets.token_urlsafe(48)
+    return verifier, _b64url(hashlib.sha256(verifier.encode()).digest())
+
+
+async def code_flow(
+    http: httpx.AsyncClient,
+    idp: RogueIdP,
+    *,
+    nonce: str | None,
+    login_hint: str | None = None,
+    scope: str = "openid profile email",
+    redirect_uri: str = f"http://{LOOPBACK}/hub/oauth_callback",
+) -> dict[str, Any]:
+    """Run authorize + token against ``idp`` like a relying party would; the token response.
+
+    The callback URL is only parsed, never requested.
+    """
+    verifier, challenge = pkce_pair()
+    state = secrets.token_urlsafe(16)
+    params = {
+        "response_type": "code",
+        "client_id": idp.client_id,
+        "redirect_uri": redirect_uri,
+        "scope": scope,
+        "state": state,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    if nonce is not None:
+        params["nonce"] = nonce
+    if login_hint is not None:
+        params["login_hint"] = login_hint
+    response = await http.get(idp.url("/authorize"), params=params, follow_redirects=False)
+    if response.status_code != 302:
+        raise AssertionError(f"authorize answered {response.status_code}")
+    query = parse_qs(urlsplit(response.headers["location"]).query)
+    if query.get("state") != [state]:
+        raise AssertionError("authorize returned another state")
+    response = await http.post(
+        idp.url("/token"),
+        data={
+            "grant_type": "authorization_code",
+            "code": query["code"][0],
+            "redirect_uri": redirect_uri,
+            "code_verifier": verifier,
+            "client_id": idp.client_id,
+            "client_secret": idp.client_secret,
+        },
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+# -- pytest fixtures (import them into a test module, or register this module as a plugin) ----
+
+
+@pytest.fixture(scope="session")
+def rogue_idp_server():
+    """One rogue IdP for the whole session (its keys take a moment to generate)."""
+    with RogueIdP() as idp:
+        yield idp
+
+
+@pytest.fixture
+def rogue_idp(rogue_idp_server):
+    """The session's rogue IdP, honest again and with zero counters for this test."""
+    rogue_idp_server.reset()
+    yield rogue_idp_server
+    rogue_idp_server.reset()
