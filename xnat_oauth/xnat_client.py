@@ -179,7 +179,9 @@ class XnatClient:
             verify=verify_arg,
             trust_env=trust_env,
             follow_redirects=False,
-            cookies=httpx.Cookies(http.cookiejar.CookieJar(policy=_NoCookies())),
+            # a bare jar: given an httpx.Cookies, AsyncClient copies it into a default jar,
+            # dropping the policy, and JSESSIONID would travel from call to call
+            cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
             headers={"User-Agent": f"xnat-oauth/{_version.__version__}", "Accept": "application/json"},
             transport=transport,
         )

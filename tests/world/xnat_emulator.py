@@ -1,0 +1,928 @@
+"""An XNAT emulator: a real HTTP server on 127.0.0.1 for tests, benchmarks and the demo.
+
+XNAT cannot run here, so this reproduces the parts of its REST API the project talks to
+(see ``shared/brief/xnat.md`` and ``shared/reference/xnat``): Basic auth with passwords or
+alias tokens, JSESSIONID sessions, the lockout, alias tokens, users, roles, projects, the
+JupyterHub plugin's preference and user-options, and the openid plugin's Bearer acceptance.
+
+The server is tornado on its own asyncio loop in a daemon thread, so it works under any test
+event loop and from sync code. Control methods (``add_user``, ``fault``, ...) are thread-safe:
+one lock guards all state, and handlers never await while holding it.
+
+Deliberate choices where XNAT leaves room:
+
+* A request without any credentials gets 401 everywhere (XNAT would treat it as guest, which
+  is 401 or 403 depending on the endpoint; 401 is what a client must handle anyway).
+* An ``Authorization`` header wins over a ``JSESSIONID`` cookie, as in Spring Security.
+* Password login matches the username case-insensitively (exact spelling first) and every
+  answer uses XNAT's own spelling; all other lookups (paths, Bearer) are exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import datetime as _dt
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import shutil
+import signal
+import string
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from tests.world.xnat_bearer import BearerProvider, BearerRejected, BearerVerifier
+
+ENDPOINTS = (
+    "tokens.issue",
+    "tokens.issue_for",
+    "tokens.validate",
+    "tokens.invalidate",
+    "auth",
+    "jsession",
+    "users.username",
+    "users.profile",
+    "users.get",
+    "users.roles",
+    "projects",
+    "pref",
+    "user_options",
+)
+FAULT_KINDS = ("drop", "slow", "error", "html", "garbage")
+AUTH_KINDS = ("basic-password", "basic-token", "session", "bearer", "none")
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+# XNAT's own username alphabet; also what keeps a username safe as a path component here
+_USERNAME = re.compile(r"^[A-Za-z0-9_\-'][A-Za-z0-9_\-'.]{0,254}$")
+_PROJECT_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_SECRET_IN_PATH = re.compile(r"(/tokens/(?:validate|invalidate)/[^/?#]+/)[^/?#]+")
+_SECRET_ALPHABET = string.ascii_letters + string.digits
+_MAX_SESSIONS = 10_000
+
+
+def redact_path(path: str) -> str:
+    """A request path without token secrets, fit for the call log and log lines."""
+    return _SECRET_IN_PATH.sub(r"\1***", path)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as the emulator saw it; ``status`` 0 means the connection was dropped."""
+
+    method: str
+    endpoint: str
+    path_redacted: str
+    auth_kind: str
+    user: str | None
+    status: int
+    #: the request carried a JSESSIONID cookie (a shared client must never send one)
+    sent_session: bool = False
+
+
+@dataclass
+class _User:
+    id: int
+    username: str
+    pw_salt: bytes | None
+    pw_hash: bytes | None
+    roles: list[str]
+    enabled: bool
+    verified: bool
+    first_name: str
+    last_name: str
+    email: str
+    last_modified_ms: int
+    last_login_ms: int | None = None
+
+    def check_password(self, password: str) -> bool:
+        if self.pw_hash is None or self.pw_salt is None:
+            return False
+        return hmac.compare_digest(_hash(self.pw_salt, password), self.pw_hash)
+
+    @property
+    def is_admin(self) -> bool:
+        return "Administrator" in self.roles
+
+
+@dataclass
+class _Fault:
+    endpoint: str
+    kind: str
+    delay: float
+    status: int
+    remaining: int | None
+
+
+@dataclass
+class _Lock:
+    failures: int = 0
+    locked_until: float | None = None
+
+
+@dataclass
+class _Project:
+    record: dict
+    readers: set[str] = field(default_factory=set)
+    owners: set[str] = field(default_factory=set)
+    public: bool = False
+
+
+def _hash(salt: bytes, password: str) -> bytes:
+    return hashlib.sha256(salt + password.encode("utf-8")).digest()
+
+
+def _ms(t: float) -> int:
+    return int(t * 1000)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class XnatEmulator:
+    """A real HTTP XNAT on ``127.0.0.1``; see the module docstring for what it reproduces.
+
+    ``root`` holds the on-disk archive (``root/archive``) and workspaces
+    (``root/workspaces``). ``site_archive_path``/``site_workspace_path`` are the paths XNAT
+    believes its archive has (they appear in user-options mount sources); a spawner
+    translates them to ``archive_root``/``workspace_root``. ``clock`` (epoch seconds) lets a
+    test move time forward without waiting.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        port: int = 0,
+        token_lifetime: float = 2 * 86400,
+        lockout_threshold: int = 20,
+        lockout_seconds: float = 3600,
+        site_archive_path: str = "/data/xnat/archive",
+        site_workspace_path: str = "/data/xnat/workspaces",
+        site_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.root = Path(root)
+        self.archive_root = self.root / "archive"
+        self.workspace_root = self.root / "workspaces"
+        self.port = int(port)
+        self.token_lifetime = float(token_lifetime)
+        self.lockout_threshold = int(lockout_threshold)
+        self.lockout_seconds = float(lockout_seconds)
+        self.site_archive_path = site_archive_path.rstrip("/")
+        self.site_workspace_path = site_workspace_path.rstrip("/")
+        self._site_url = site_url
+        self.clock = clock
+        self.demo_passwords: dict[str, str] = {}
+
+        self._lock = threading.RLock()
+        self._users: dict[str, _User] = {}
+        self._projects: dict[str, _Project] = {}
+        self._tokens: dict[str, dict] = {}
+        self._sessions: dict[str, str] = {}
+        self._lockouts: dict[str, _Lock] = {}
+        self._prefs: dict[str, Any] = {}
+        self._options: dict[tuple[str, str], dict] = {}
+        self._options_raw: set[tuple[str, str]] = set()
+        self._faults: list[_Fault] = []
+        self._bearer: dict[str, BearerProvider] = {}
+        self._next_user_id = 1
+        self._next_token_id = 1
+        self.calls: list[Call] = []
+        # bumped by reset(): a request still running from before (a slow fault) must not
+        # land in the next test's call log
+        self._generation = 0
+        self._reset_prefs()
+
+        self._verifier = BearerVerifier()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: HTTPServer | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._up = False
+        self.archive_root.mkdir(parents=True, exist_ok=True)
+        self.workspace_root.mkdir(parents=True, exist_ok=True)
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if not self.port:
+            raise RuntimeError("XnatEmulator.url is known once start() has returned")
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def site_url(self) -> str:
+        """What XNAT calls itself (``XNAT_HOST`` in user-options)."""
+        return self._site_url or self.url
+
+    def start(self) -> "XnatEmulator":
+        """Listen on 127.0.0.1; returns once the port accepts connections. Idempotent."""
+        if self._thread is not None:
+            return self
+        self._ready.clear()
+        self._thread = threading.Thread(target=self._run, name=f"xnat-emulator-{id(self):x}", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("XNAT emulator did not start within 30 s")
+        if self._start_error is not None:
+            self._thread = None
+            raise RuntimeError(f"XNAT emulator failed to start: {self._start_error}") from self._start_error
+        return self
+
+    def stop(self):
+        """Stop listening, close connections, end the thread. Idempotent."""
+        if self._thread is None or self._loop is None:
+            return
+        try:
+            self._on_loop(self._go_down(), timeout=10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._thread = None
+            self._loop = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def go_down(self):
+        """Stop listening (connection refused) and cut open connections; state is kept."""
+        self._on_loop(self._go_down(), timeout=10)
+
+    def come_up(self):
+        """Listen again on the same port."""
+        self._on_loop(self._listen(), timeout=10)
+
+    def _run(self):
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._listen())
+        except BaseException as e:  # reported by start()
+            self._start_error = e
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    async def _listen(self):
+        if self._up:
+            return
+        from tests.world.xnat_handlers import make_app
+
+        socks = bind_sockets(self.port, address="127.0.0.1")
+        self.port = socks[0].getsockname()[1]
+        # a fresh server each time: a stopped tornado server cannot be stopped again
+        self._server = HTTPServer(make_app(self), idle_connection_timeout=60)
+        self._server.add_sockets(socks)
+        self._up = True
+
+    async def _go_down(self):
+        if not self._up or self._server is None:
+            return
+        self._up = False
+        server, self._server = self._server, None
+        server.stop()
+        try:
+            await asyncio.wait_for(server.close_all_connections(), 5)
+        except asyncio.TimeoutError:
+            pass
+
+    def _on_loop(self, coro, timeout: float):
+        if self._loop is None:
+            coro.close()
+            raise RuntimeError("XNAT emulator is not started")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    # -- data ----------------------------------------------------------------------------
+
+    def add_user(
+        self,
+        username: str,
+        password: str | None = None,
+        *,
+        roles: Iterable[str] = (),
+        enabled: bool = True,
+        verified: bool = True,
+        first_name: str = "",
+        last_name: str = "",
+        email: str = "",
+    ) -> dict:
+        """Create (or replace, keeping its id) an account; ``password=None``: no password login."""
+        if not isinstance(username, str) or not _USERNAME.match(username):
+            raise ValueError(f"invalid XNAT username {username!r}")
+        salt = secrets.token_bytes(16) if password is not None else None
+        with self._lock:
+            old = self._users.get(username)
+            if old is None:
+                uid, self._next_user_id = self._next_user_id, self._next_user_id + 1
+            else:
+                uid = old.id
+            u = _User(
+                id=uid,
+                username=username,
+                pw_salt=salt,
+                pw_hash=_hash(salt, password) if salt is not None else None,
+                roles=list(roles),
+                enabled=enabled,
+                verified=verified,
+                first_name=first_name,
+                last_name=last_name,
+                email=email,
+                last_modified_ms=_ms(self.clock()),
+                last_login_ms=old.last_login_ms if old else None,
+            )
+            self._users[username] = u
+            return self._user_json(u)
+
+    def set_roles(self, username: str, roles: Iterable[str]):
+        with self._lock:
+            self._users[username].roles = list(roles)
+
+    def set_enabled(self, username: str, enabled: bool = True, *, verified: bool | None = None):
+        with self._lock:
+            u = self._users[username]
+            u.enabled = enabled
+            if verified is not None:
+                u.verified = verified
+
+    def add_project(
+        self,
+        project_id: str,
+        *,
+        name: str | None = None,
+        readers: Iterable[str] = (),
+        owners: Iterable[str] = (),
+        public: bool = False,
+        dicom_files: Iterable[Path] = (),
+    ) -> dict:
+        """Create (or replace) a project and its archive directories on disk.
+
+        ``archive_root/ID/arc001/ID_E00001/SCANS/1/DICOM/`` gets copies of ``dicom_files``;
+        ``resources/`` a README; ``subjects/`` stays empty.
+        """
+        if not isinstance(project_id, str) or not _PROJECT_ID.match(project_id):
+            raise ValueError(f"invalid XNAT project id {project_id!r}")
+        pdir = self.archive_root / project_id
+        if pdir.exists():
+            shutil.rmtree(pdir)
+        dicom_dir = pdir / "arc001" / f"{project_id}_E00001" / "SCANS" / "1" / "DICOM"
+        dicom_dir.mkdir(parents=True)
+        (pdir / "resources").mkdir()
+        (pdir / "subjects").mkdir()
+        for f in dicom_files:
+            shutil.copyfile(f, dicom_dir / Path(f).name)
+        (pdir / "resources" / "README.txt").write_text(
+            f"Project {project_id}: resources shared by the project's members.\n"
+        )
+        record = {
+            "ID": project_id,
+            "secondary_ID": project_id,
+            "name": name or project_id,
+            "description": "",
+            "pi_firstname": "",
+            "pi_lastname": "",
+            "URI": f"/data/projects/{project_id}",
+        }
+        with self._lock:
+            self._projects[project_id] = _Project(record, set(readers), set(owners), public)
+        return dict(record)
+
+    def grant(self, username: str, project_id: str):
+        """Make ``username`` a member (reader) of the project."""
+        with self._lock:
+            self._projects[project_id].readers.add(username)
+
+    def revoke_access(self, username: str, project_id: str):
+        with self._lock:
+            p = self._projects[project_id]
+            p.readers.discard(username)
+            p.owners.discard(username)
+
+    def set_preference(self, name: str, value):
+        with self._lock:
+            self._prefs[name] = value
+
+    def _reset_prefs(self):
+        self._prefs = {"allUsersCanStartJupyter": False}
+
+    # -- alias tokens --------------------------------------------------------------------
+
+    def mint_token(self, username: str, *, lifetime: float | None = None) -> dict:
+        """A new alias token for ``username``, shaped like ``/data/services/tokens/issue``."""
+        with self._lock:
+            u = self._users[username]
+            now = self.clock()
+            life = self.token_lifetime if lifetime is None else float(lifetime)
+            tid, self._next_token_id = self._next_token_id, self._next_token_id + 1
+            rec = {
+                "alias": str(uuid.uuid4()),
+                "created": _ms(now),
+                "disabled": 0,
+                "enabled": True,
+                "estimatedExpirationTime": _ms(now + life),
+                "id": tid,
+                "secret": "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(64)),
+                "singleUse": False,
+                "timestamp": _ms(now),
+                "validIPAddresses": [],
+                "xdatUserId": u.username,
+            }
+            self._tokens[rec["alias"]] = rec
+            return dict(rec)
+
+    def expire_token(self, alias: str):
+        """Make the token expired (known to XNAT until its hourly purge)."""
+        with self._lock:
+            self._tokens[alias]["estimatedExpirationTime"] = _ms(self.clock()) - 1000
+
+    def revoke_token(self, alias: str):
+        """As ``/tokens/invalidate``: the alias is gone."""
+        with self._lock:
+            self._tokens.pop(alias, None)
+
+    def _live(self, rec: dict) -> bool:
+        return rec["estimatedExpirationTime"] > _ms(self.clock())
+
+    def token_owner(self, alias: str, secret: str) -> str | None:
+        """The owner of a live token with this secret, else None."""
+        with self._lock:
+            rec = self._tokens.get(alias)
+            if rec is None or not self._live(rec):
+                return None
+            if not hmac.compare_digest(rec["secret"].encode(), str(secret).encode()):
+                return None
+            return rec["xdatUserId"]
+
+    def tokens_of(self, username: str) -> list[dict]:
+        with self._lock:
+            return [dict(r) for r in self._tokens.values() if r["xdatUserId"] == username and self._live(r)]
+
+    # -- the JupyterHub plugin's user-options --------------------------------------------
+
+    def store_user_options(
+        self,
+        username: str,
+        servername: str = "",
+        *,
+        project_id: str | None = None,
+        xsi_type: str = "xnat:projectData",
+        item_id: str | None = None,
+        image: str = "xnat/datascience-notebook:latest",
+        task_template_overrides: dict | None = None,
+        raw: dict | None = None,
+    ) -> dict:
+        """Store what XNAT stores when ``username`` clicks "Start Jupyter" (reference 01).
+
+        A fresh alias token of the user goes into the env; mount sources use the site paths
+        (XNAT's own view); the user's workspace directory is created on disk. ``raw`` stores
+        an arbitrary body verbatim instead (hostile-input tests). Resources default to what a
+        small test machine can schedule, and no placement constraint.
+        """
+        key = (username, servername)
+        if raw is not None:
+            with self._lock:
+                self._options[key] = copy.deepcopy(raw)
+                self._options_raw.add(key)
+            return copy.deepcopy(raw)
+        if project_id is None:
+            raise TypeError("store_user_options needs project_id= (or raw=)")
+        with self._lock:
+            u = self._users[username]
+            if project_id not in self._projects:
+                raise KeyError(f"unknown project {project_id!r}")
+            uid = u.id
+        tok = self.mint_token(username)
+        ws = self.workspace_root / "users" / username  # username checked by add_user
+        ws.mkdir(parents=True, exist_ok=True)
+        home = f"/workspace/{username}"
+        item = item_id or project_id
+        arch = f"{self.site_archive_path}/{project_id}"
+        now = _dt.datetime.fromtimestamp(self.clock(), _dt.timezone.utc)
+        tracking = now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
+
+        def ro(sub: str, src: str) -> dict:
+            return {"target": f"/data/projects/{project_id}/{sub}", "source": f"{arch}/{src}", "type": "bind", "read_only": True}
+
+        template = {
+            "container_spec": {
+                "image": image,
+                "command": None,
+                "env": {
+                    "XNAT_HOST": self.site_url,
+                    "XNAT_USER": tok["alias"],
+                    "XNAT_PASS": tok["secret"],
+                    "XNAT_DATA": "/data",
+                    "XNAT_XSI_TYPE": xsi_type,
+                    "XNAT_ITEM_ID": item,
+                    "JUPYTERHUB_ROOT_DIR": home,
+                    "XDG_CONFIG_HOME": home,
+                },
+                "labels": {},
+                "mounts": [
+                    {
+                        "target": home,
+                        "source": f"{self.site_workspace_path}/users/{username}",
+                        "type": "bind",
+                        "read_only": False,
+                    },
+                    ro("experiments", "arc001"),
+                    ro("resources", "resources"),
+                    ro("subjects", "subjects"),
+                ],
+            },
+            "resources": {
+                "cpu_limit": 1.0,
+                "cpu_reservation": 0.1,
+                "mem_limit": "1G",
+                "mem_reservation": "128M",
+                "generic_resources": {},
+            },
+            "placement": {"constraints": []},
+        }
+        if task_template_overrides:
+            template = _deep_merge(template, task_template_overrides)
+        body = {
+            "userId": uid,
+            "servername": servername,
+            "xsiType": xsi_type,
+            "itemId": item,
+            "projectId": project_id,
+            "eventTrackingId": tracking,
+            "task_template": template,
+        }
+        with self._lock:
+            self._options[key] = copy.deepcopy(body)
+            self._options_raw.discard(key)
+        return body
+
+    def clear_user_options(self, username: str | None = None, servername: str | None = None):
+        """Forget stored options: of one server, of all a user's servers (``servername=None``),
+        or everyone's (``username=None``)."""
+        with self._lock:
+            for key in list(self._options):
+                if (username is None or key[0] == username) and (servername is None or key[1] == servername):
+                    del self._options[key]
+                    self._options_raw.discard(key)
+
+    # -- Bearer --------------------------------------------------------------------------
+
+    def enable_bearer(
+        self,
+        provider_id: str,
+        *,
+        issuer: str,
+        jwks_url: str,
+        accepted_audiences: Iterable[str] = (),
+        username_pattern: str = "[providerId]_[sub]",
+        auto_create: bool = False,
+    ):
+        """Turn on the openid plugin's Bearer acceptance for one provider (off by default).
+
+        ``accepted_audiences`` empty keeps the audience gate closed: every token gets 403.
+        """
+        p = BearerProvider(provider_id, issuer, jwks_url, tuple(accepted_audiences), username_pattern, auto_create)
+        with self._lock:
+            self._bearer[provider_id] = p
+        self._verifier_forget(provider_id)
+
+    def disable_bearer(self, provider_id: str | None = None):
+        with self._lock:
+            if provider_id is None:
+                self._bearer.clear()
+            else:
+                self._bearer.pop(provider_id, None)
+        self._verifier_forget(provider_id)
+
+    def _verifier_forget(self, provider_id):
+        # the JWKS cache lives on the loop; touch it there when running
+        if self._loop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._verifier.forget, provider_id)
+        else:
+            self._verifier.forget(provider_id)
+
+    # -- faults --------------------------------------------------------------------------
+
+    def fault(self, endpoint: str, kind: str, *, delay: float = 1.0, status: int = 503, times: int | None = None):
+        """Make ``endpoint`` ("*" = all) misbehave, for ``times`` requests or until cleared.
+
+        drop: close without answering; slow: wait ``delay`` s then answer normally (other
+        requests are served meanwhile); error: answer ``status``; html: 200 XNAT login page;
+        garbage: 200 application/json with a malformed body. Faults apply before auth.
+        """
+        if endpoint != "*" and endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r}; one of {ENDPOINTS} or '*'")
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; one of {FAULT_KINDS}")
+        with self._lock:
+            self._faults.append(_Fault(endpoint, kind, float(delay), int(status), times))
+
+    def clear_faults(self):
+        with self._lock:
+            self._faults.clear()
+
+    def _take_fault(self, endpoint: str) -> _Fault | None:
+        with self._lock:
+            for f in self._faults:
+                if f.endpoint in ("*", endpoint) and (f.remaining is None or f.remaining > 0):
+                    if f.remaining is not None:
+                        f.remaining -= 1
+                    return f
+        return None
+
+    # -- reset and observation -----------------------------------------------------------
+
+    def reset(self, *, data: bool = False):
+        """Clear faults, lockouts, failure counters, sessions and the call log.
+
+        Users, projects, tokens (and user-options, preferences, Bearer set-up) are kept,
+        unless ``data=True``, which also drops all of those and empties the archive and
+        workspace directories: a fresh XNAT on the same port.
+        """
+        with self._lock:
+            self._faults.clear()
+            self._lockouts.clear()
+            self._sessions.clear()
+            self.calls = []
+            self._generation += 1
+            if data:
+                self._users.clear()
+                self._projects.clear()
+                self._tokens.clear()
+                self._options.clear()
+                self._options_raw.clear()
+                self._bearer.clear()
+                self._reset_prefs()
+                self.demo_passwords = {}
+        if data:
+            self._verifier_forget(None)
+            for d in (self.archive_root, self.workspace_root):
+                shutil.rmtree(d, ignore_errors=True)
+                d.mkdir(parents=True, exist_ok=True)
+
+    _DATA = ("_users", "_projects", "_tokens", "_prefs", "_options", "_options_raw", "_bearer",
+             "_next_user_id", "_next_token_id")
+
+    def snapshot(self) -> dict:
+        """The data (users, projects, tokens, user-options, preferences, Bearer set-up)."""
+        with self._lock:
+            return copy.deepcopy({k: getattr(self, k) for k in self._DATA})
+
+    def restore(self, snap: dict):
+        """Go back to a :meth:`snapshot`; archive directories of later projects are removed."""
+        with self._lock:
+            later = set(self._projects) - set(snap["_projects"])
+            for k in self._DATA:
+                setattr(self, k, copy.deepcopy(snap[k]))
+        for pid in later:
+            shutil.rmtree(self.archive_root / pid, ignore_errors=True)
+        self._verifier_forget(None)
+
+    def count(self, endpoint: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for c in self.calls if endpoint is None or c.endpoint == endpoint)
+
+    def failures(self, username: str) -> int:
+        with self._lock:
+            u = self._find_user_ci(username)
+            st = self._lockouts.get(u.username if u else username)
+            self._expire_lock(st)
+            return st.failures if st else 0
+
+    def locked(self, username: str) -> bool:
+        with self._lock:
+            u = self._find_user_ci(username)
+            st = self._lockouts.get(u.username if u else username)
+            self._expire_lock(st)
+            return bool(st and st.locked_until is not None)
+
+    def _record(self, call: Call, generation: int):
+        with self._lock:
+            if generation == self._generation:
+                self.calls.append(call)
+
+    # -- authentication (called by the handlers, on the loop) -----------------------------
+
+    def _find_user_ci(self, name: str) -> _User | None:
+        u = self._users.get(name)
+        if u is not None:
+            return u
+        low = name.lower()
+        matches = [u for u in self._users.values() if u.username.lower() == low]
+        return matches[0] if len(matches) == 1 else None
+
+    def _expire_lock(self, st: _Lock | None):
+        if st is not None and st.locked_until is not None and self.clock() >= st.locked_until:
+            st.locked_until = None
+            st.failures = 0
+
+    def _password_login(self, username: str, password: str) -> str | None:
+        """Canonical username on success; None (one generic failure) otherwise."""
+        with self._lock:
+            u = self._find_user_ci(username)
+            if u is None:
+                return None
+            st = self._lockouts.setdefault(u.username, _Lock())
+            self._expire_lock(st)
+            if st.locked_until is not None:
+                return None
+            if not u.check_password(password):
+                st.failures += 1
+                if st.failures >= self.lockout_threshold:
+                    st.locked_until = self.clock() + self.lockout_seconds
+                return None
+            if not (u.enabled and u.verified):
+                return None
+            st.failures = 0
+            u.last_login_ms = _ms(self.clock())
+            return u.username
+
+    def _token_login(self, alias: str, secret: str) -> str | None:
+        owner = self.token_owner(alias, secret)
+        if owner is None:
+            return None
+        with self._lock:
+            u = self._users.get(owner)
+            if u is None or not (u.enabled and u.verified):
+                return None
+            u.last_login_ms = _ms(self.clock())
+            return u.username
+
+    def _basic_login(self, username: str, password: str) -> tuple[str | None, str]:
+        if _UUID.match(username):
+            return self._token_login(username.lower(), password), "basic-token"
+        return self._password_login(username, password), "basic-password"
+
+    def _new_session(self, username: str) -> str:
+        sid = secrets.token_hex(16).upper()
+        with self._lock:
+            if len(self._sessions) >= _MAX_SESSIONS:
+                self._sessions.pop(next(iter(self._sessions)))
+            self._sessions[sid] = username
+        return sid
+
+    def _session_user(self, sid: str) -> str | None:
+        with self._lock:
+            name = self._sessions.get(sid)
+            u = self._users.get(name) if name else None
+            return u.username if u is not None and u.enabled and u.verified else None
+
+    def _end_session(self, sid: str):
+        with self._lock:
+            self._sessions.pop(sid, None)
+
+    async def _bearer_login(self, token: str) -> str:
+        """The XNAT user a Bearer token maps to, or raise BearerRejected."""
+        with self._lock:
+            providers = list(self._bearer.values())
+        if not providers:
+            raise BearerRejected(401, "Bearer not enabled")
+        provider, claims, username = await self._verifier.verify(token, providers)
+        with self._lock:
+            u = self._users.get(username)
+            if u is not None and u.enabled and u.verified:
+                return u.username
+            if u is not None or not provider.auto_create:
+                raise BearerRejected(403, "no enabled account")
+        self.add_user(
+            username,
+            first_name=str(claims.get("given_name", "")),
+            last_name=str(claims.get("family_name", "")),
+            email=str(claims.get("email", "")),
+        )
+        return username
+
+    # -- reads for the handlers ----------------------------------------------------------
+
+    def _user_json(self, u: _User) -> dict:
+        d = {
+            "id": u.id,
+            "username": u.username,
+            "firstName": u.first_name,
+            "lastName": u.last_name,
+            "email": u.email,
+            "secured": True,
+            "lastModified": u.last_modified_ms,
+            "enabled": u.enabled,
+            "verified": u.verified,
+        }
+        if u.last_login_ms is not None:  # XNAT's mapper omits nulls
+            d["lastSuccessfulLogin"] = u.last_login_ms
+        return d
+
+    def _user(self, name: str) -> _User | None:
+        with self._lock:
+            return self._users.get(name)
+
+    def _can_read(self, username: str, project_id: str, *, accessible: bool = False) -> bool:
+        with self._lock:
+            p = self._projects.get(project_id)
+            u = self._users.get(username)
+            if p is None or u is None:
+                return False
+            return u.is_admin or username in p.readers or username in p.owners or (accessible and p.public)
+
+    def _project_rows(self, username: str, *, accessible: bool) -> list[dict]:
+        with self._lock:
+            ids = sorted(self._projects)
+            return [dict(self._projects[i].record) for i in ids if self._can_read(username, i, accessible=accessible)]
+
+    def _stored_options(self, username: str, servername: str) -> dict | None:
+        with self._lock:
+            key = (username, servername)
+            body = self._options.get(key)
+            if body is None:
+                return None
+            if key not in self._options_raw and not self._can_read(username, body.get("projectId", "")):
+                return None  # the user can no longer read the item
+            return copy.deepcopy(body)
+
+    def _pref(self, name: str):
+        with self._lock:
+            return self._prefs.get(name, _MISSING)
+
+    # -- the demo --------------------------------------------------------------------------
+
+    @classmethod
+    def demo(cls, root: Path, **kw) -> "XnatEmulator":
+        """A started emulator with demo users and projects; passwords in ``.demo_passwords``.
+
+        alice: role Jupyter; bob: no Jupyter role; carol: Administrator; jupyterhub: the
+        plugin's service account (role JupyterHub). Passwords are random per run.
+        """
+        from pydicom.data import get_testdata_file
+
+        emu = cls(root=root, **kw).start()
+        people = {
+            "alice": dict(roles=["Jupyter"], first_name="Alice", last_name="Archer"),
+            "bob": dict(roles=[], first_name="Bob", last_name="Baker"),
+            "carol": dict(roles=["Administrator"], first_name="Carol", last_name="Cole"),
+            "jupyterhub": dict(roles=["JupyterHub"], first_name="JupyterHub", last_name="Service"),
+        }
+        for name, extra in people.items():
+            pw = secrets.token_urlsafe(18)
+            emu.add_user(name, pw, email=f"{name}@example.org", **extra)
+            emu.demo_passwords[name] = pw
+        dcm = lambda n: Path(get_testdata_file(n, download=False))  # noqa: E731 - shipped files only
+        emu.add_project("DEMO_CT", name="Demo CT", readers=["alice", "bob"], dicom_files=[dcm("CT_small.dcm")])
+        emu.add_project("DEMO_MR", name="Demo MR", readers=["alice"], dicom_files=[dcm("MR_small.dcm")])
+        emu.add_project("PUBLIC_RT", name="Public RT plan", public=True, dicom_files=[dcm("rtplan.dcm")])
+        return emu
+
+
+_MISSING = object()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.world.xnat_emulator --root DIR [--port N] [--demo]``.
+
+    Prints one JSON line ``{"url": ..., "users": {name: password}}`` once listening and runs
+    until SIGTERM or SIGINT.
+    """
+    ap = argparse.ArgumentParser(prog="python -m tests.world.xnat_emulator", description=main.__doc__)
+    ap.add_argument("--root", required=True, type=Path, help="directory for the archive and workspaces")
+    ap.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free port)")
+    ap.add_argument("--demo", action="store_true", help="seed the demo users and projects")
+    ap.add_argument("--site-url", default=None, help="what XNAT calls itself in XNAT_HOST")
+    args = ap.parse_args(argv)
+    kw = {"port": args.port, "site_url": args.site_url}
+    emu = XnatEmulator.demo(args.root, **kw) if args.demo else XnatEmulator(root=args.root, **kw).start()
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    print(json.dumps({"url": emu.url, "users": emu.demo_passwords}), flush=True)
+    while not done.wait(3600):
+        pass
+    emu.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
