@@ -5,8 +5,8 @@ One XNAT call checks the password and gives the user their own alias token:
 XNAT's own spelling of the username, which becomes the hub username. Then XNAT's Jupyter rule
 is checked with that token (role ``Jupyter`` or the site preference), both reads at once.
 
-Whatever fails after the token was issued invalidates it again: a refused login leaves
-nothing behind, neither in the hub nor in XNAT. The password lives only in this call.
+What follows the token (owner, Jupyter permission) is :func:`xnat_login.finish_login`,
+shared with the OpenID path. The password lives only in this call.
 """
 
 from __future__ import annotations
@@ -14,16 +14,10 @@ from __future__ import annotations
 import logging
 
 from .auth_state import XnatAuthState
-from .errors import (
-    LoginThrottled,
-    NotAllowedJupyter,
-    XnatAuthError,
-    XnatError,
-    XnatForbidden,
-    XnatUnavailable,
-)
+from .errors import LoginThrottled, XnatAuthError, XnatForbidden
 from .throttle import LoginThrottle
 from .xnat_client import XnatClient
+from .xnat_login import discard, finish_login
 
 log = logging.getLogger("xnat_oauth.password")
 
@@ -78,23 +72,9 @@ class PasswordLogin:
             attempt.inconclusive()
             raise
         attempt.succeeded()
+        return await finish_login(
+            self.client, issued, source="password", check_jupyter=self.check_jupyter, log=self.log
+        )
 
-        token = issued.as_token()
-        try:
-            owner = issued.username or await self.client.whoami(token)
-            if self.check_jupyter and not await self.client.can_start_jupyter(owner, token):
-                raise NotAllowedJupyter(f"XNAT user {owner!r} has neither the Jupyter role nor allUsersCanStartJupyter")
-        except BaseException as e:
-            await self._discard(token)
-            if isinstance(e, XnatError) and not isinstance(e, XnatUnavailable):
-                # The token we were just given is refused on the next call: XNAT is not
-                # behaving as documented, which for the user is an outage.
-                raise XnatUnavailable(f"XNAT refused the new token: {e}") from None
-            raise
-        return XnatAuthState(url=self.client.url, username=owner, source="password", token=token)
-
-    async def _discard(self, token):
-        try:
-            await self.client.invalidate_token(token)
-        except Exception as e:  # best effort: the token expires on its own
-            self.log.warning("could not invalidate an unused XNAT token (alias %s): %s", token.alias, e)
+    async def discard(self, token):
+        await discard(self.client, token, self.log)

@@ -41,6 +41,10 @@ from .errors import (
 
 log = logging.getLogger("xnat_oauth.xnat")
 
+# What /xapi/users/username may answer: no whitespace and no JSON or HTML structure, so a
+# truncated JSON body or a proxy's page can never pass for a username.
+_PLAIN_USERNAME = re.compile(r"[^\s\"<>{}\[\]/\\]{1,255}")
+
 # /tokens/{validate,invalidate}/{alias}/{secret}: keep the alias (useful to an admin), drop the secret.
 _SECRET_IN_PATH = re.compile(r"(/tokens/(?:validate|invalidate)/[^/?#]+/)[^/?#]+")
 
@@ -340,7 +344,7 @@ class XnatClient:
         if "html" in resp.headers.get("content-type", ""):
             raise XnatBadResponse("XNAT answered HTML to /xapi/users/username", url=self.url)
         name = resp.text.strip().strip('"')
-        self._expect(bool(name) and "\n" not in name and len(name) < 256, "a username", resp)
+        self._expect(bool(_PLAIN_USERNAME.fullmatch(name)), "a username", resp)
         return name
 
     async def profile(self, auth: Credentials) -> dict:

@@ -71,21 +71,23 @@ async def verify_id_token(
     *,
     provider: OidcProvider,
     client_id: str,
-    nonce: str,
+    nonce: str | None,
     access_token: str | None = None,
+    require_nonce: bool = True,
     leeway: int = 60,
     now: int | Callable[[], int] | None = None,
 ) -> dict[str, Any]:
     """The verified claims of ``id_token``, or IdTokenError / ProviderUnavailable.
 
     ``nonce`` is the value sent with this login's authorize request (required: a login without
-    one cannot be told apart from a replay). ``access_token``, when given, is checked against
+    one cannot be told apart from a replay). Only ID tokens from a refresh-token grant, which
+    carry no nonce (OIDC Core 12.2), are verified with ``require_nonce=False``. ``access_token``, when given, is checked against
     ``at_hash`` if the token carries one. ``leeway`` (seconds) absorbs clock skew on exp/iat/nbf;
     ``now`` (a timestamp or a callable) is for tests.
     """
     if not client_id:
         raise ValueError("client_id is required")
-    if not nonce:
+    if not nonce and require_nonce:
         raise ValueError("nonce is required: send one with every authorize request")
 
     header = _read_header(id_token)
