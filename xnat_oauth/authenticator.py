@@ -11,6 +11,7 @@ POST to ``/hub/login`` and ``None`` on the OAuth callback, which is how the two 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from functools import cached_property
 from importlib import resources
@@ -151,7 +152,8 @@ class XnatOAuthenticator(GenericOAuthenticator):
         config=True,
         help="""The issuer URL of any OpenID Connect provider (e.g. ``https://login.example.org``).
         Endpoints, signing keys and supported features come from its discovery document at
-        ``{issuer}/.well-known/openid-configuration``, fetched once and cached.
+        ``{issuer}/.well-known/openid-configuration``, fetched once and cached. Together with
+        ``oidc_provider``, it moves that preset to another issuer (a staging federation).
         ``authorize_url``, ``token_url`` and ``userdata_url`` still override what discovery says
         (AAF deployments that use the legacy ``/providers/op/*`` paths).""",
     )
@@ -354,11 +356,23 @@ class XnatOAuthenticator(GenericOAuthenticator):
     @cached_property
     def oidc_preset(self) -> ProviderPreset | None:
         """The provider in use (preset or generic), None without OpenID login."""
-        if self.oidc_provider and self.oidc_issuer:
-            self._fatal("set oidc_provider or oidc_issuer, not both")
         try:
             if self.oidc_provider:
-                return get_preset(self.oidc_provider)
+                preset = get_preset(self.oidc_provider)
+                if self.oidc_issuer and self.oidc_issuer != preset.issuer:
+                    # A preset's behaviour at another issuer: a staging federation, a test IdP.
+                    self.log.warning(
+                        "oidc_provider %r with oidc_issuer %s: using the preset at that issuer",
+                        self.oidc_provider,
+                        self.oidc_issuer,
+                    )
+                    preset = dataclasses.replace(
+                        preset,
+                        issuer=self.oidc_issuer,
+                        accepted_issuers=(self.oidc_issuer,),
+                        discovery_url=self.oidc_issuer.rstrip("/") + "/.well-known/openid-configuration",
+                    )
+                return preset
             if self.oidc_issuer:
                 return generic_preset(
                     self.oidc_issuer, xnat_provider_id=self.xnat_provider_id or "oidc"

@@ -234,7 +234,14 @@ def _require_one_of(
         raise UnusableClaim(claim, type(present).__name__)
     norm = (lambda s: s.strip().casefold()) if fold_case else (lambda s: s)
     if not {norm(v) for v in values} & {norm(a) for a in allowed}:
-        raise ClaimNotAllowed(claim, f"{claim}: none of the user's values is an allowed {what}")
+        raise ClaimNotAllowed(
+            claim,
+            f"{claim}: none of the user's values is an allowed {what}",
+            user_message=(
+                f"Your account is not allowed on this hub: its {what} ({claim}) is not one this "
+                "hub admits. Ask the hub's administrator if you think it should be."
+            ),
+        )
 
 
 def check_aaf_claims(
