@@ -3,6 +3,7 @@ with the XNAT emulator accepting Bearer tokens like XNAT's OpenID plugin 1.6+.""
 
 from __future__ import annotations
 
+import re
 import secrets
 
 import httpx
@@ -167,6 +168,10 @@ async def test_affiliation_rule_refuses_with_a_clear_page(oidc_aaf, xnat, tmp_pa
             assert "affiliation" in resp.text.lower()
             assert await hub.user_model(f"aaf_{account['sub']}") is None
         assert xnat.count("tokens.issue") == 0
+        # The refusal is logged for the admin, without the callback's authorization code.
+        log = hub.log_text()
+        assert "edu_person_scoped_affiliation" in log
+        assert not re.search(r"[?&]code=(?!\[secret\])", log)
 
 
 # -- Google -------------------------------------------------------------------------------------

@@ -477,7 +477,7 @@ class XnatOAuthenticator(GenericOAuthenticator):
         if data is None:
             return await self._authenticate_oidc(handler)
         if not self.password_login:
-            raise web.HTTPError(403, "Password login is disabled on this hub.")
+            raise _user_error(403, "Password login is disabled on this hub.")
         return await self._authenticate_password(handler, data)
 
     async def _authenticate_password(self, handler, data):
@@ -488,22 +488,22 @@ class XnatOAuthenticator(GenericOAuthenticator):
             model = {"name": record.username, "admin": None, "auth_state": record.into({})}
             if not self.check_xnat_jupyter_permission and not await self._allowed_by_hub(record.username, model):
                 await self._password_login.discard(record.token)
-                raise web.HTTPError(403, f"User {record.username} is not allowed on this hub.")
+                raise _user_error(403, f"User {record.username} is not allowed on this hub.")
         except LoginThrottled as e:
             self.log.warning("XNAT password login: %s", e)
-            raise web.HTTPError(e.status_code, e.user_message) from None
+            raise _user_error(e.status_code, e.user_message) from None
         except XnatAuthError as e:
             self.log.warning("XNAT password login refused for %r: %s", _short(username), e)
-            raise web.HTTPError(403, XnatAuthError.user_message) from None
+            raise _user_error(403, XnatAuthError.user_message) from None
         except NotAllowedJupyter as e:
             self.log.warning("XNAT password login: %s", e)
-            raise web.HTTPError(403, e.user_message) from None
+            raise _user_error(403, e.user_message) from None
         except XnatUnavailable as e:
             self.log.error("XNAT password login failed, XNAT unavailable: %s", e)
-            raise web.HTTPError(503, XnatUnavailable.user_message) from None
+            raise _user_error(503, XnatUnavailable.user_message) from None
         except XnatOAuthError as e:
             self.log.error("XNAT password login failed: %s", e)
-            raise web.HTTPError(e.status_code, e.user_message) from None
+            raise _user_error(e.status_code, e.user_message) from None
         self.log.info("XNAT password login for %s", record.username)
         return model
 
@@ -524,29 +524,29 @@ class XnatOAuthenticator(GenericOAuthenticator):
 
     async def _authenticate_oidc(self, handler):
         if not self.oidc_enabled:
-            raise web.HTTPError(404, "OpenID login is not configured on this hub.")
+            raise _user_error(404, "OpenID login is not configured on this hub.")
         try:
             return await self._oidc_login(handler)
         except IdTokenError as e:
             self.log.warning("OpenID login refused, ID token %s: %s", e.reason, e)
-            raise web.HTTPError(403, e.user_message) from None
+            raise _user_error(403, e.user_message) from None
         except UsernameMismatch as e:
             self.log.error("OpenID login refused: %s", e)
-            raise web.HTTPError(403, e.user_message) from None
+            raise _user_error(403, e.user_message) from None
         except (XnatAuthError, XnatForbidden) as e:
             self.log.error("XNAT refused the Bearer token exchange: %s", e)
-            raise web.HTTPError(
+            raise _user_error(
                 403, BEARER_REFUSED_HELP.format(p=self.xnat_provider_id)
             ) from None
         except XnatUnavailable as e:
             self.log.error("OpenID login failed, XNAT unavailable: %s", e)
-            raise web.HTTPError(503, XnatUnavailable.user_message) from None
+            raise _user_error(503, XnatUnavailable.user_message) from None
         except XnatOAuthError as e:  # claims, provider outage, Jupyter permission
             self.log.warning("OpenID login refused: %s", e)
-            raise web.HTTPError(e.status_code, e.user_message) from None
+            raise _user_error(e.status_code, e.user_message) from None
         except HTTPClientError as e:
             self.log.error("OpenID provider answered %s during login", e.code)
-            raise web.HTTPError(
+            raise _user_error(
                 503 if (e.code or 599) >= 500 else 403,
                 "The identity provider refused or failed the login. Please try again.",
             ) from None
@@ -724,6 +724,17 @@ class XnatOAuthenticator(GenericOAuthenticator):
         auth_state = dict(auth_state)
         auth_state.pop(AUTH_STATE_KEY, None)
         await user.save_auth_state(auth_state)
+
+
+def _user_error(status: int, message: str) -> web.HTTPError:
+    """An error page for the user that tornado does not log again.
+
+    tornado logs an HTTPError's message with the request URI, and on the OAuth callback the URI
+    carries the authorization code. Every caller here has already logged what the admin needs.
+    """
+    err = web.HTTPError(status)
+    err.jupyterhub_message = message
+    return err
 
 
 def _short(s: str) -> str:
