@@ -198,8 +198,10 @@ async def test_fault_maps_to_typed_error(xnat, client, people, kind, status, err
         assert t.secret not in msg and "alice-pw" not in msg and "hub-pw" not in msg
 
 
-async def test_whoami_html_is_bad_response(xnat, client, people):
-    xnat.fault("users.username", "html")
+@pytest.mark.parametrize("kind", ["html", "garbage"])
+async def test_whoami_html_or_garbage_is_bad_response(xnat, client, people, kind):
+    # a truncated JSON body must not pass for a username
+    xnat.fault("users.username", kind)
     with pytest.raises(XnatBadResponse):
         await client.whoami(A)
 

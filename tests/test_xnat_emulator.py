@@ -251,6 +251,14 @@ def test_password_login_is_case_insensitive_and_answers_canonical_spelling(xnat,
     assert xnat.calls[-1].auth_kind == "basic-token" and xnat.calls[-1].user == "MixedCase"
 
 
+def test_usernames_are_unique_whatever_their_case(xnat, http):
+    first = xnat.add_user("Dave", "one")
+    second = xnat.add_user("dave", "two")  # replaces Dave, as XNAT allows one account per name
+    assert second["id"] == first["id"] and second["username"] == "dave"
+    assert http.get("/xapi/users/username", auth=("DAVE", "two")).text == "dave"
+    assert http.get("/xapi/users/username", auth=("Dave", "one")).status_code == 401
+
+
 def test_sessions(xnat, people):
     c = httpx.Client(base_url=xnat.url, trust_env=False)
     r = c.get("/xapi/users/username", auth=A)
@@ -339,6 +347,14 @@ def test_user_options_auth_rules_and_404(xnat, http, people):
     assert httpx.get(f"{xnat.url}{base}/user-options", trust_env=False).status_code == 401
 
 
+def test_user_options_for_a_public_project(xnat, http, people):
+    xnat.store_user_options("bob", project_id="OPEN")  # bob is no member, but OPEN is public
+    url = "/xapi/jupyterhub/users/bob/server/user-options"
+    assert http.get(url, auth=HUB).json()["projectId"] == "OPEN"
+    xnat.add_project("OPEN", public=False)
+    assert http.get(url, auth=HUB).status_code == 404
+
+
 # -- faults ----------------------------------------------------------------------------------
 
 
@@ -369,6 +385,17 @@ def test_fault_kinds(xnat, http, people):
         xnat.fault("nope", "drop")
     with pytest.raises(ValueError):
         xnat.fault("projects", "explode")
+
+
+def test_newest_matching_fault_applies(xnat, http, people):
+    xnat.fault("*", "error", status=503)
+    xnat.fault("projects", "html")
+    assert http.get("/data/projects", auth=A).headers["content-type"].startswith("text/html")
+    assert http.get("/xapi/users/username", auth=A).status_code == 503
+    xnat.fault("projects", "error", status=500, times=1)
+    assert http.get("/data/projects", auth=A).status_code == 500
+    # used up: the older fault applies again
+    assert http.get("/data/projects", auth=A).headers["content-type"].startswith("text/html")
 
 
 async def test_slow_fault_does_not_block_other_requests(xnat, people):
@@ -509,6 +536,13 @@ def test_bearer_account_gates_and_username_pattern(xnat, http, jwks):
     assert r.status_code == 200 and r.text == "aaf-Jo.Smith_x_uni.edu.au"
     assert xnat._user("aaf-Jo.Smith_x_uni.edu.au") is not None  # auto-created
     assert _bearer(http, jwks.token(email=None)).status_code == 403  # pattern claim missing
+
+
+def test_bearer_odd_audience_claims_are_refused_not_a_crash(xnat, http, jwks):
+    xnat.add_user("aaf_YAdr3eQ")
+    xnat.enable_bearer("aaf", issuer=ISS, jwks_url=jwks.url, accepted_audiences=["hub"])
+    for aud in ([{"x": 1}], [["hub"]], 7, {"hub": 1}):
+        assert _bearer(http, jwks.token(aud=aud)).status_code in (401, 403), aud
 
 
 def test_username_pattern_rules():

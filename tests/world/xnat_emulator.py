@@ -335,16 +335,21 @@ class XnatEmulator:
         last_name: str = "",
         email: str = "",
     ) -> dict:
-        """Create (or replace, keeping its id) an account; ``password=None``: no password login."""
+        """Create (or replace, keeping its id) an account; ``password=None``: no password login.
+
+        Names are unique whatever their case, as password login ignores case: adding ``alice``
+        replaces an ``Alice`` (and respells it).
+        """
         if not isinstance(username, str) or not _USERNAME.match(username):
             raise ValueError(f"invalid XNAT username {username!r}")
         salt = secrets.token_bytes(16) if password is not None else None
         with self._lock:
-            old = self._users.get(username)
+            old = self._users.get(username) or self._find_user_ci(username)
             if old is None:
                 uid, self._next_user_id = self._next_user_id, self._next_user_id + 1
             else:
                 uid = old.id
+                del self._users[old.username]
             u = _User(
                 id=uid,
                 username=username,
@@ -635,7 +640,8 @@ class XnatEmulator:
 
         drop: close without answering; slow: wait ``delay`` s then answer normally (other
         requests are served meanwhile); error: answer ``status``; html: 200 XNAT login page;
-        garbage: 200 application/json with a malformed body. Faults apply before auth.
+        garbage: 200 application/json with a malformed body. Faults apply before auth; when
+        several match a request, the newest one applies.
         """
         if endpoint != "*" and endpoint not in ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r}; one of {ENDPOINTS} or '*'")
@@ -650,7 +656,7 @@ class XnatEmulator:
 
     def _take_fault(self, endpoint: str) -> _Fault | None:
         with self._lock:
-            for f in self._faults:
+            for f in reversed(self._faults):
                 if f.endpoint in ("*", endpoint) and (f.remaining is None or f.remaining > 0):
                     if f.remaining is not None:
                         f.remaining -= 1
@@ -860,8 +866,9 @@ class XnatEmulator:
             body = self._options.get(key)
             if body is None:
                 return None
-            if key not in self._options_raw and not self._can_read(username, body.get("projectId", "")):
-                return None  # the user can no longer read the item
+            readable = self._can_read(username, body.get("projectId", ""), accessible=True)
+            if key not in self._options_raw and not readable:
+                return None  # the user can no longer read the item (public projects: everyone can)
             return copy.deepcopy(body)
 
     def _pref(self, name: str):
