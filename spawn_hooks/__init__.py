@@ -1,4 +1,22 @@
 """Pre-spawn hooks that start a notebook with the user's XNAT data and credentials.
 
-Filled in by the spawn-hooks work; importable now so deployments can pin the import path.
+Pick the hook for your spawner in ``jupyterhub_config.py``::
+
+    import spawn_hooks.docker, spawn_hooks.kube, spawn_hooks.local
+    c.SwarmSpawner.pre_spawn_hook = spawn_hooks.docker.pre_spawn_hook   # also DockerSpawner
+    c.KubeSpawner.pre_spawn_hook = spawn_hooks.kube.pre_spawn_hook
+    c.LocalProcessSpawner.pre_spawn_hook = spawn_hooks.local.pre_spawn_hook  # demo
+
+and set ``c.XnatSpawnHooks.*`` (see :mod:`spawn_hooks.config`; defaults come from the
+original ``JH_XNAT_*`` / ``NB_UID`` environment variables).
+
+Layers, each its own module: settings (``config``), path safety (``paths``), the
+spawner-neutral plan and its pure builders (``plan``), the async build from auth_state and
+XNAT (``build``), one adapter per spawner family (``docker``, ``kube``, ``local``), and the
+refusal the spawn page shows (``errors``). The adapters import their spawner package only
+when used, so importing this package needs neither docker nor kubernetes.
 """
+
+from .errors import PlanError, SpawnRefused
+
+__all__ = ["PlanError", "SpawnRefused"]

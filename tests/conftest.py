@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.world.fixtures_oidc",
     "tests.world.fixtures_hub",
     "tests.world.rogue_idp",
+    "tests.world.fixtures_docker",
 ]

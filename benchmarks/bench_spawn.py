@@ -1,0 +1,295 @@
+"""Hub API latency while 50 spawns wait on a slow XNAT: the async hook vs a blocking one.
+
+``python -m benchmarks.bench_spawn [--out benchmarks/results/spawn.json]``
+
+Everything is real and on 127.0.0.1: the XNAT emulator with every project listing slowed to
+1 s, a JupyterHub subprocess with the real proxy, and a tiny HTTP stub standing in for the
+single-user servers (so the spawns cost the hub what a spawn costs, not what a notebook
+costs). Three hubs run one after the other in the same run:
+
+* ``none``: no hook at all, the hub's own cost of 50 concurrent spawns (baseline);
+* ``async``: the project's hook (:func:`spawn_hooks.build.build_plan`, async httpx);
+* ``blocking``: a hook doing the same XNAT call with ``requests``, as the original
+  xnat2jupyterhub hooks did, which blocks the hub's event loop for the whole call.
+
+While the 50 spawns are pending, one client calls the hub's REST API back to back and
+records each latency; the figures (p50/p99 and more) go to a JSON file. The blocking
+variant is measured for a bounded window, then its hub is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import requests
+from jupyterhub.spawner import Spawner
+from traitlets import Unicode
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+N_SPAWNS = 50
+XNAT_DELAY = 1.0
+WINDOW = 12.0  # seconds of measurement at most per variant
+
+
+# -- what runs inside the hub ----------------------------------------------------------------
+
+
+class BenchSpawner(Spawner):
+    """Starts nothing: every server is the shared HTTP stub at ``stub_url``."""
+
+    stub_url = Unicode(config=True)
+    _running = False
+
+    async def start(self):
+        self._running = True
+        return self.stub_url
+
+    async def poll(self):
+        return None if self._running else 0
+
+    async def stop(self, now=False):
+        self._running = False
+
+
+async def async_hook(spawner):
+    """The project's way: the real plan builder (one async XNAT request per spawn)."""
+    from spawn_hooks.build import build_plan
+
+    plan = await build_plan(spawner)
+    spawner.environment = plan.full_env()
+
+
+def blocking_hook(spawner):
+    """The original packages' way: ``requests`` inside the hook, on the hub's event loop."""
+    from xnat_oauth.auth_state import XnatAuthState
+
+    # JupyterHub has already loaded auth_state for auth_state_hook; read it synchronously as
+    # the original hooks did with their own state
+    state = XnatAuthState.from_auth_state(spawner._bench_auth_state)
+    r = requests.get(
+        f"{state.url}/data/projects",
+        params={"format": "json"},
+        auth=(state.token.alias, state.token.secret),
+        timeout=30,
+    )
+    r.raise_for_status()
+    ids = [p["ID"] for p in r.json()["ResultSet"]["Result"]]
+    spawner.environment = {"XNAT_USER": state.token.alias, "XNAT_PROJECTS": ",".join(ids)}
+
+
+def no_hook(spawner):
+    """Baseline: what 50 concurrent spawns cost the hub without any XNAT call."""
+
+
+def keep_auth_state(spawner, auth_state):
+    """auth_state_hook: gives the blocking hook the auth_state without awaiting."""
+    spawner._bench_auth_state = auth_state
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+
+
+class _Stub(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+def _percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+
+
+def _summary(lat: list[float]) -> dict:
+    if not lat:
+        return {"n": 0}
+    ms = [x * 1000 for x in lat]
+    return {
+        "n": len(ms),
+        "p50_ms": round(_percentile(ms, 50), 1),
+        "p99_ms": round(_percentile(ms, 99), 1),
+        "max_ms": round(max(ms), 1),
+        "mean_ms": round(statistics.fmean(ms), 1),
+    }
+
+
+def _hub_config(variant: str, xnat, stub_url: str) -> str:
+    hook = {"none": "no_hook", "async": "async_hook", "blocking": "blocking_hook"}[variant]
+    hooks = {
+        "xnat_url": xnat.url,
+        "archive_prefix": xnat.site_archive_path,
+        "archive_host_prefix": str(xnat.archive_root),
+        "workspace_prefix": xnat.site_workspace_path,
+        "workspace_host_prefix": str(xnat.workspace_root),
+        "xnat_timeout": 30.0,
+    }
+    lines = [
+        "import sys",
+        f"sys.path.insert(0, {str(REPO_ROOT)!r})",
+        "from benchmarks import bench_spawn",
+        "c.JupyterHub.spawner_class = bench_spawn.BenchSpawner",
+        f"c.BenchSpawner.stub_url = {stub_url!r}",
+        f"c.Spawner.pre_spawn_hook = bench_spawn.{hook}",
+        "c.Spawner.auth_state_hook = bench_spawn.keep_auth_state",
+        'c.JupyterHub.authenticator_class = "dummy"',
+        "c.Authenticator.enable_auth_state = True",
+        "c.Authenticator.allow_all = True",
+        "c.JupyterHub.log_level = 'INFO'",
+        "c.JupyterHub.concurrent_spawn_limit = 200",
+        "c.Spawner.start_timeout = 120",
+    ]
+    lines += [f"c.XnatSpawnHooks.{k} = {v!r}" for k, v in hooks.items()]
+    return "\n".join(lines) + "\n"
+
+
+async def _measure(hub, users: list[str], window: float) -> dict:
+    headers = {"Authorization": f"token {hub.api_token}"}
+    latencies: list[float] = []
+    spawned: list[float] = []
+    t0 = time.monotonic()
+    stop = asyncio.Event()
+
+    async with httpx.AsyncClient(trust_env=False, timeout=window + 60) as client:
+
+        async def one_spawn(name):
+            try:
+                r = await client.post(f"{hub.hub_url}/api/users/{name}/server", headers=headers, timeout=window)
+            except httpx.TimeoutException:
+                return
+            if r.status_code in (201, 202):
+                # 202: still pending after the hub's slow_spawn_timeout; poll until ready
+                while not stop.is_set():
+                    m = (await client.get(f"{hub.hub_url}/api/users/{name}", headers=headers)).json()
+                    if (m.get("servers") or {}).get("", {}).get("ready"):
+                        break
+                    try:
+                        await asyncio.wait_for(stop.wait(), 0.2)
+                    except asyncio.TimeoutError:
+                        pass
+                else:
+                    return
+                spawned.append(time.monotonic() - t0)
+
+        async def prober():
+            while not stop.is_set():
+                t = time.monotonic()
+                try:
+                    r = await client.get(f"{hub.hub_url}/api/users/probe", headers=headers, timeout=window)
+                    r.raise_for_status()
+                except httpx.TimeoutException:
+                    pass
+                latencies.append(time.monotonic() - t)
+
+        probe = asyncio.ensure_future(prober())
+        spawns = [asyncio.ensure_future(one_spawn(u)) for u in users]
+        done, _ = await asyncio.wait(spawns, timeout=window)
+        stop.set()
+        await probe
+        for s in spawns:
+            s.cancel()
+        await asyncio.gather(*spawns, return_exceptions=True)
+    return {
+        "api_latency": _summary(latencies),
+        "spawns_ready": len(spawned),
+        "all_ready_s": round(max(spawned), 2) if len(spawned) == len(users) else None,
+        "window_s": round(time.monotonic() - t0, 2),
+    }
+
+
+async def _idle_latency(hub, n: int = 50) -> dict:
+    headers = {"Authorization": f"token {hub.api_token}"}
+    lat = []
+    async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+        for _ in range(n):
+            t = time.monotonic()
+            (await client.get(f"{hub.hub_url}/api/users/probe", headers=headers)).raise_for_status()
+            lat.append(time.monotonic() - t)
+    return _summary(lat)
+
+
+async def _variant(variant: str, xnat, stub_url: str, workdir: Path) -> dict:
+    from tests.world.hub import HubProcess
+    from tests.world.spawn_fakes import user_auth_state
+
+    hub = HubProcess(workdir / variant, _hub_config(variant, xnat, stub_url)).start()
+    try:
+        users = [f"u{i:03d}" for i in range(N_SPAWNS)]
+        await hub.api("POST", "/users/probe")
+        for name in users:
+            await hub.api("POST", f"/users/{name}")
+            state = user_auth_state(xnat.url, name, xnat.mint_token(name))
+            (await hub.api("PATCH", f"/users/{name}", json={"auth_state": state})).raise_for_status()
+        idle = await _idle_latency(hub)
+        xnat.fault("projects", "slow", delay=XNAT_DELAY)
+        busy = await _measure(hub, users, WINDOW)
+        xnat.clear_faults()
+        return {"idle_api_latency": idle, **busy}
+    finally:
+        hub.stop()
+
+
+async def run(out: Path) -> dict:
+    from tests.world.xnat_emulator import XnatEmulator
+
+    stub = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    with tempfile.TemporaryDirectory(prefix="bench-spawn-") as tmp:
+        xnat = XnatEmulator(root=Path(tmp) / "xnat").start()
+        try:
+            for i in range(N_SPAWNS):
+                name = f"u{i:03d}"
+                xnat.add_user(name, None, roles=["Jupyter"])
+                xnat.add_project(f"P{i:03d}", readers=[name])
+            results = {}
+            for variant in ("none", "async", "blocking"):
+                results[variant] = await _variant(variant, xnat, f"http://127.0.0.1:{stub.server_address[1]}",
+                                                  Path(tmp))
+        finally:
+            xnat.stop()
+            stub.shutdown()
+    report = {
+        "benchmark": "hub API latency while spawns wait on a slow XNAT",
+        "spawns": N_SPAWNS,
+        "xnat_delay_s": XNAT_DELAY,
+        "window_s": WINDOW,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "results": results,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "spawn.json")
+    args = p.parse_args(argv)
+    report = asyncio.run(run(args.out))
+    for variant, r in report["results"].items():
+        lat = r["api_latency"]
+        print(f"{variant:9s} API p50 {lat.get('p50_ms')} ms  p99 {lat.get('p99_ms')} ms  (n={lat['n']}); "
+              f"spawns ready {r['spawns_ready']}/{N_SPAWNS} in {r['window_s']} s; idle p50 "
+              f"{r['idle_api_latency']['p50_ms']} ms")
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

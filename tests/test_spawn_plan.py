@@ -1,0 +1,632 @@
+"""The spawn plan: settings, both sources, hostile launch options, XNAT failures at spawn time.
+
+Pure builders are tested on XNAT's documented shapes; ``build_plan`` runs against the real
+XNAT emulator on 127.0.0.1 (fixture ``xnat``) with a stand-in spawner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+
+import pytest
+from traitlets.config import Config
+
+from spawn_hooks.build import build_plan
+from spawn_hooks.config import XnatSpawnHooks
+from spawn_hooks.errors import PlanError, SpawnRefused
+from spawn_hooks.plan import (
+    Rules,
+    is_xnat_launch,
+    parse_mem,
+    plan_from_launch,
+    plan_from_projects,
+)
+from tests.world.spawn_fakes import (
+    FakeAuthenticator,
+    FakeSpawner,
+    FakeUser,
+    add_service_account,
+    expiring_token,
+    hooks_config,
+    user_auth_state,
+)
+
+SECRET = "ogHnbC7559jczcWz0Y1jDhHlUpy4AxI8EW6EjYAdArItPGf7FLXJP1OYam68MNQa"
+
+# reference/xnat/01_user_options_response.json (without _comment)
+REFERENCE_OPTIONS = {
+    "userId": 2,
+    "servername": "",
+    "xsiType": "xnat:projectData",
+    "itemId": "TestProject",
+    "projectId": "TestProject",
+    "eventTrackingId": "20220822T201541799Z",
+    "task_template": {
+        "container_spec": {
+            "image": "xnat/datascience-notebook:latest",
+            "command": None,
+            "env": {
+                "XNAT_HOST": "https://xnat.example.org",
+                "XNAT_USER": "61e4f5db-33e0-4f06-86e7-a59217d65f5c",
+                "XNAT_PASS": SECRET,
+                "XNAT_DATA": "/data",
+                "XNAT_XSI_TYPE": "xnat:projectData",
+                "XNAT_ITEM_ID": "TestProject",
+                "JUPYTERHUB_ROOT_DIR": "/workspace/non-admin",
+                "XDG_CONFIG_HOME": "/workspace/non-admin",
+            },
+            "labels": {},
+            "mounts": [
+                {"target": "/workspace/non-admin", "source": "/docker/data/xnat/workspaces/users/non-admin",
+                 "type": "bind", "read_only": False},
+                {"target": "/data/projects/TestProject/experiments",
+                 "source": "/docker/data/xnat/archive/TestProject/arc001", "type": "bind", "read_only": True},
+                {"target": "/data/projects/TestProject/resources",
+                 "source": "/docker/data/xnat/archive/TestProject/resources", "type": "bind", "read_only": True},
+                {"target": "/data/projects/TestProject/subjects",
+                 "source": "/docker/data/xnat/archive/TestProject/subjects", "type": "bind", "read_only": True},
+            ],
+        },
+        "resources": {"cpu_limit": 4.0, "cpu_reservation": 4.0, "mem_limit": "16G", "mem_reservation": "16G",
+                      "generic_resources": {}},
+        "placement": {"constraints": ["engine.labels.instance.type==jupyter"]},
+    },
+}
+# what XNAT POSTs to the hub (reference 02): the hub's user_options
+LAUNCH = {"userId": 2, "xsiType": "xnat:projectData", "itemId": "TestProject", "itemLabel": "TestProject",
+          "projectId": "TestProject", "eventTrackingId": "20220822T201541799Z", "dashboardConfigId": None}
+# reference 10: the older shape xnat2jupyterhub 0.2 read
+LEGACY_OPTIONS = {
+    "mounts": [
+        {"name": "user-workspace", "containerHostPath": "/data/xnat/workspaces/users/jdoe",
+         "jupyterHostPath": "/workspace/jdoe", "writable": True},
+        {"name": "project-TEST", "containerHostPath": "/data/xnat/archive/TEST/arc001",
+         "jupyterHostPath": "/data/projects/TEST/experiments", "writable": False},
+    ],
+    "environment-variables": {"XNAT_HOST": "https://xnat.example.org", "XNAT_USER": "a", "XNAT_PASS": "b",
+                              "XNAT_XSI_TYPE": "xnat:projectData", "XNAT_ITEM_ID": "TEST"},
+    "container-spec": {"image": "jupyter/scipy-notebook:hub-3.0.0", "labels": {}},
+}
+
+
+def rules(**kw) -> Rules:
+    base = dict(
+        archive_prefix="/data/xnat/archive",
+        archive_host_prefix="/docker/data/xnat/archive",
+        workspace_prefix="/data/xnat/workspaces",
+        workspace_host_prefix="/docker/data/xnat/workspaces",
+        archive_root="/docker/data/xnat/archive",
+        workspace_root="/docker/data/xnat/workspaces",
+        allowed_images=("xnat/datascience-notebook:latest", "jupyter/scipy-notebook:hub-3.0.0"),
+    )
+    base.update(kw)
+    return Rules(**base)
+
+
+def launch_plan(options=None, *, username="non-admin", servername="", launch=LAUNCH, **kw):
+    return plan_from_launch(
+        copy.deepcopy(REFERENCE_OPTIONS if options is None else options),
+        rules=rules(**kw),
+        username=username,
+        servername=servername,
+        launch=launch,
+        spawner_image="example/notebook:1",
+    )
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+def test_settings_default_from_the_original_environment_variables(monkeypatch):
+    monkeypatch.setenv("JH_XNAT_URL", "https://xnat.example.org")
+    monkeypatch.setenv("JH_XNAT_USERNAME", "svc")
+    monkeypatch.setenv("JH_XNAT_PASSWORD", "pw")
+    monkeypatch.setenv("JH_XNAT_PT_ARCHIVE_PREFIX", "/data/xnat/archive")
+    monkeypatch.setenv("JH_XNAT_PT_ARCHIVE_DOCKER_PREFIX", "/docker/archive/")
+    monkeypatch.setenv("JH_XNAT_PT_WORKSPACE_PREFIX", "/data/xnat/workspaces")
+    monkeypatch.setenv("JH_XNAT_PT_WORKSPACE_DOCKER_PREFIX", "/docker/workspaces")
+    monkeypatch.setenv("NB_UID", "54")
+    monkeypatch.setenv("NB_GID", "55")
+    s = XnatSpawnHooks()
+    assert (s.xnat_url, s.service_username, s.service_password) == ("https://xnat.example.org", "svc", "pw")
+    assert s.archive_host_prefix == "/docker/archive"  # normalised
+    assert (s.archive_root, s.workspace_root) == ("/docker/archive", "/docker/workspaces")
+    assert (s.nb_uid, s.nb_gid) == (54, 55)
+    assert s.allow_start_without_data is False
+    s.check()
+
+
+def test_settings_come_from_the_hub_config_through_the_spawner(monkeypatch):
+    monkeypatch.delenv("JH_XNAT_URL", raising=False)
+    c = Config()
+    c.XnatSpawnHooks.xnat_url = "https://x.example.org"
+    c.XnatSpawnHooks.archive_root = "/mnt/archive"
+    c.XnatSpawnHooks.allowed_images = ["a/b:1"]
+    spawner = FakeSpawner(config=c)
+    s = XnatSpawnHooks.from_spawner(spawner)
+    assert (s.xnat_url, s.archive_root, s.allowed_images) == ("https://x.example.org", "/mnt/archive", ["a/b:1"])
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {"archive_root": "/"},
+        {"archive_root": "/data", "workspace_root": "/data/ws"},
+        {"workspace_root": "/srv/x", "archive_root": "/srv/x"},
+        {"xnat_url": "ftp://xnat"},
+    ],
+)
+def test_unworkable_settings_are_config_errors(conf):
+    from xnat_oauth.errors import ConfigError
+
+    c = Config()
+    for k, v in conf.items():
+        setattr(c.XnatSpawnHooks, k, v)
+    with pytest.raises(ConfigError):
+        XnatSpawnHooks(config=c).check()
+
+
+# -- a server XNAT launched -------------------------------------------------------------------
+
+
+def test_reference_launch_options_become_the_plan():
+    plan = launch_plan()
+    assert plan.origin == "xnat"
+    assert plan.image == "xnat/datascience-notebook:latest"
+    assert [(m.source, m.target, m.read_only, m.kind) for m in plan.mounts] == [
+        ("/docker/data/xnat/workspaces/users/non-admin", "/workspace/non-admin", False, "workspace"),
+        ("/docker/data/xnat/archive/TestProject/arc001", "/data/projects/TestProject/experiments", True, "archive"),
+        ("/docker/data/xnat/archive/TestProject/resources", "/data/projects/TestProject/resources", True, "archive"),
+        ("/docker/data/xnat/archive/TestProject/subjects", "/data/projects/TestProject/subjects", True, "archive"),
+    ]
+    assert plan.env["XNAT_PASS"] == SECRET and plan.env["XNAT_USER"].startswith("61e4f5db")
+    r = plan.resources
+    assert (r.cpu_limit, r.cpu_reservation, r.mem_limit, r.mem_reservation) == (4.0, 4.0, 16 * 2**30, 16 * 2**30)
+    assert plan.constraints == ("engine.labels.instance.type==jupyter",)
+    assert plan.projects == ("TestProject",)
+
+
+def test_the_plan_never_shows_the_token():
+    plan = launch_plan()
+    assert SECRET not in repr(plan)
+    assert SECRET not in plan.describe()
+
+
+def test_prefix_translation_from_xnat_paths():
+    opts = copy.deepcopy(REFERENCE_OPTIONS)
+    for m in opts["task_template"]["container_spec"]["mounts"]:
+        m["source"] = m["source"].replace("/docker", "")  # XNAT's own view: /data/xnat/...
+    plan = launch_plan(opts)
+    assert plan.mounts[1].source == "/docker/data/xnat/archive/TestProject/arc001"
+    assert plan.workspace.source == "/docker/data/xnat/workspaces/users/non-admin"
+
+
+def test_data_is_read_only_whatever_xnat_says():
+    opts = copy.deepcopy(REFERENCE_OPTIONS)
+    for m in opts["task_template"]["container_spec"]["mounts"]:
+        m["read_only"] = False
+    plan = launch_plan(opts)
+    assert [m.read_only for m in plan.data_mounts] == [True, True, True]
+    assert plan.workspace.read_only is False
+
+
+def test_legacy_shape_is_understood():
+    plan = launch_plan(
+        LEGACY_OPTIONS, username="jdoe", launch={"projectId": "TEST"},
+        archive_host_prefix="/data/xnat/archive", workspace_host_prefix="/data/xnat/workspaces",
+        archive_root="/data/xnat/archive", workspace_root="/data/xnat/workspaces",
+    )
+    assert plan.image == "jupyter/scipy-notebook:hub-3.0.0"
+    assert [(m.target, m.read_only) for m in plan.mounts] == [
+        ("/workspace/jdoe", False), ("/data/projects/TEST/experiments", True)]
+    assert plan.env["XNAT_ITEM_ID"] == "TEST"
+
+
+def test_named_server_options_must_be_for_that_server():
+    opts = copy.deepcopy(REFERENCE_OPTIONS)
+    opts["servername"] = "20220822t201541799z"
+    assert launch_plan(opts, servername="20220822t201541799z").servername == "20220822t201541799z"
+    with pytest.raises(PlanError, match="another server"):
+        launch_plan(opts, servername="")
+
+
+def test_stale_launch_options_are_refused():
+    with pytest.raises(PlanError, match="another launch"):
+        launch_plan(launch={**LAUNCH, "eventTrackingId": "20990101T000000000Z"})
+
+
+def test_images_only_from_the_allowed_list():
+    opts = copy.deepcopy(REFERENCE_OPTIONS)
+    opts["task_template"]["container_spec"]["image"] = "evil/miner:latest"
+    with pytest.raises(PlanError) as err:
+        launch_plan(opts)
+    assert err.value.reason == "image_not_allowed"
+    # empty list: only the spawner's own image
+    with pytest.raises(PlanError):
+        launch_plan(allowed_images=())
+    opts["task_template"]["container_spec"]["image"] = "example/notebook:1"
+    assert launch_plan(opts, allowed_images=()).image == "example/notebook:1"
+    assert launch_plan(allowed_images=("*",)).image == "xnat/datascience-notebook:latest"
+    # the hub's own user_options cannot pick another image for an XNAT launch
+    with pytest.raises(PlanError) as err:
+        launch_plan(launch={**LAUNCH, "image": "jupyter/scipy-notebook:hub-3.0.0"})
+    assert err.value.reason == "image_not_allowed"
+
+
+def _with(path, value):
+    """REFERENCE_OPTIONS with one nested value replaced (path: keys/indices)."""
+    opts = copy.deepcopy(REFERENCE_OPTIONS)
+    node = opts
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return opts
+
+
+CS = ("task_template", "container_spec")
+M1 = CS + ("mounts", 1)
+HOSTILE_OPTIONS = {
+    "not-a-dict": ["task_template"],
+    "empty": {},
+    "task_template-list": _with(("task_template",), []),
+    "mounts-dict": _with(CS + ("mounts",), {"a": 1}),
+    "mount-string": _with(CS + ("mounts", 0), "/etc:/etc"),
+    "traversal": _with(M1 + ("source",), "/docker/data/xnat/archive/TestProject/../../../../etc"),
+    "absolute-escape": _with(M1 + ("source",), "/etc"),
+    "docker-socket": _with(M1 + ("source",), "/var/run/docker.sock"),
+    "relative": _with(M1 + ("source",), "TestProject/arc001"),
+    "whole-archive": _with(M1 + ("source",), "/docker/data/xnat/archive"),
+    "look-alike-root": _with(M1 + ("source",), "/docker/data/xnat/archive2/TestProject"),
+    "other-workspace": _with(CS + ("mounts", 0, "source"), "/docker/data/xnat/workspaces/users/admin"),
+    "odd-chars": _with(M1 + ("source",), "/docker/data/xnat/archive/Test Project;rm -rf/arc001"),
+    "braces": _with(M1 + ("source",), "/docker/data/xnat/archive/{pod_name}/arc001"),
+    "odd-project": _with(M1 + ("source",), "/docker/data/xnat/archive/..TestProject/arc001"),
+    "target-etc": _with(M1 + ("target",), "/etc"),
+    "target-traversal": _with(M1 + ("target",), "/data/../etc"),
+    "target-duplicate": _with(M1 + ("target",), "/data/projects/TestProject/resources"),
+    "volume-type": _with(M1 + ("type",), "volume"),
+    "huge-mount-list": _with(CS + ("mounts",), [REFERENCE_OPTIONS["task_template"]["container_spec"]["mounts"][1]] * 10_000),
+    "huge-path": _with(M1 + ("source",), "/docker/data/xnat/archive/TestProject/" + "x" * 100_000),
+    "env-list": _with(CS + ("env",), ["XNAT_USER=x"]),
+    "env-hub-token": _with(CS + ("env", "JUPYTERHUB_API_TOKEN"), "stolen"),
+    "env-ld-preload": _with(CS + ("env", "LD_PRELOAD"), "/tmp/x.so"),
+    "env-bad-name": _with(CS + ("env", "A-B"), "x"),
+    "env-huge-value": _with(CS + ("env", "BIG"), "x" * 1_000_000),
+    "env-too-many": _with(CS + ("env",), {f"V{i}": "x" for i in range(5000)}),
+    "env-nested": _with(CS + ("env", "X"), {"a": 1}),
+    "cpu-huge": _with(("task_template", "resources", "cpu_limit"), 1e12),
+    "cpu-negative": _with(("task_template", "resources", "cpu_limit"), -1),
+    "cpu-nan": _with(("task_template", "resources", "cpu_limit"), float("nan")),
+    "cpu-string": _with(("task_template", "resources", "cpu_limit"), "all"),
+    "mem-huge": _with(("task_template", "resources", "mem_limit"), "99999999999999T"),
+    "mem-garbage": _with(("task_template", "resources", "mem_limit"), "16 gigs"),
+    "mem-reservation-above-limit": _with(("task_template", "resources", "mem_reservation"), "32G"),
+    "gpu-huge": _with(("task_template", "resources", "generic_resources"), {"gpu": 10_000}),
+    "gpu-name": _with(("task_template", "resources", "generic_resources"), {"gpu; rm": 1}),
+    "constraint-injection": _with(("task_template", "placement", "constraints"), ["node.role==manager\nx"]),
+    "constraint-operator": _with(("task_template", "placement", "constraints"), ["node.labels.a~=b"]),
+    "constraints-many": _with(("task_template", "placement", "constraints"), ["a==b"] * 1000),
+    "image-odd": _with(CS + ("image",), "Evil Image;rm"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_OPTIONS))
+def test_hostile_launch_options_are_refused_with_a_clear_message(name):
+    with pytest.raises(PlanError) as err:
+        launch_plan(HOSTILE_OPTIONS[name])
+    msg = err.value.user_message
+    assert msg and len(msg) < 200
+    for secretish in ("stolen", "/tmp/x.so", "rm -rf", "x" * 50, "/etc"):
+        assert secretish not in msg
+
+
+def test_hostile_username_is_refused():
+    with pytest.raises(PlanError):
+        launch_plan(username="../admin")
+
+
+def test_is_xnat_launch():
+    assert is_xnat_launch(LAUNCH)
+    assert not is_xnat_launch({})
+    assert not is_xnat_launch(None)
+    assert not is_xnat_launch({"image": "x", "profile": "small"})
+
+
+@pytest.mark.parametrize("text, n", [("16G", 16 * 2**30), ("512m", 512 * 2**20), ("1.5g", int(1.5 * 2**30)),
+                                     ("1Gi", 2**30), (1024, 1024), ("2048", 2048), ("10KB", 10240)])
+def test_memory_sizes(text, n):
+    assert parse_mem(text, "mem") == n
+
+
+# -- a server started from the hub ------------------------------------------------------------
+
+
+def hub_plan(ids, **kw):
+    return plan_from_projects(
+        ids, rules=rules(), username="aaf_YAdr3eQ", servername="", xnat_host="https://xnat.example.org",
+        token_alias="alias-1", token_secret=SECRET, **kw)
+
+
+def test_projects_become_read_only_mounts_and_the_workspace_is_writable():
+    plan = hub_plan(["P2", "P1"])
+    assert plan.origin == "hub"
+    assert plan.workspace.source == "/docker/data/xnat/workspaces/users/aaf_YAdr3eQ"
+    assert plan.workspace.target == "/workspace/aaf_YAdr3eQ" and not plan.workspace.read_only
+    assert [(m.source, m.target) for m in plan.data_mounts] == [
+        ("/docker/data/xnat/archive/P1/arc001", "/data/projects/P1/experiments"),
+        ("/docker/data/xnat/archive/P1/resources", "/data/projects/P1/resources"),
+        ("/docker/data/xnat/archive/P1/subjects", "/data/projects/P1/subjects"),
+        ("/docker/data/xnat/archive/P2/arc001", "/data/projects/P2/experiments"),
+        ("/docker/data/xnat/archive/P2/resources", "/data/projects/P2/resources"),
+        ("/docker/data/xnat/archive/P2/subjects", "/data/projects/P2/subjects"),
+    ]
+    assert all(m.read_only for m in plan.data_mounts)
+    assert {k: plan.env[k] for k in ("XNAT_HOST", "XNAT_USER", "XNAT_PASS", "XNAT_DATA")} == {
+        "XNAT_HOST": "https://xnat.example.org", "XNAT_USER": "alias-1", "XNAT_PASS": SECRET, "XNAT_DATA": "/data"}
+    assert plan.image is None
+
+
+@pytest.mark.parametrize("bad", ["../P1", "P1/../../etc", "/etc", "P 1", "{x}", "P" * 500, None, 5])
+def test_hostile_project_ids_from_xnat_are_refused(bad):
+    with pytest.raises(PlanError, match="invalid project id"):
+        hub_plan(["P1", bad])
+
+
+def test_too_many_projects_is_refused():
+    with pytest.raises(PlanError, match="too many"):
+        hub_plan([f"P{i}" for i in range(1000)])
+
+
+def test_hub_user_options_may_only_pick_allowed_images():
+    assert hub_plan(["P1"], requested_image="jupyter/scipy-notebook:hub-3.0.0").image == "jupyter/scipy-notebook:hub-3.0.0"
+    with pytest.raises(PlanError) as err:
+        hub_plan(["P1"], requested_image="evil/image:1")
+    assert err.value.reason == "image_not_allowed"
+
+
+# -- build_plan against the emulator ----------------------------------------------------------
+
+
+@pytest.fixture
+def world(xnat):
+    add_service_account(xnat)
+    xnat.add_user("alice", "alice-pw", roles=["Jupyter"])
+    xnat.add_user("bob", "bob-pw", roles=["Jupyter"])
+    xnat.add_project("PA", readers=["alice"])
+    xnat.add_project("PB", readers=["alice", "bob"])
+    return xnat
+
+
+def spawner_for(xnat, username, *, token=..., user_options=None, name="", authenticator=None, **conf):
+    if token is ...:
+        token = xnat.mint_token(username)
+    state = user_auth_state(xnat.url, username, token) if token is not None else None
+    return FakeSpawner(
+        config=hooks_config(xnat, **conf),
+        user=FakeUser(username, state, authenticator),
+        user_options=user_options or {},
+        name=name,
+    )
+
+
+async def test_hub_started_server_mounts_the_users_projects_with_one_request(world):
+    spawner = spawner_for(world, "alice")
+    plan = await build_plan(spawner)
+    assert plan.origin == "hub" and plan.projects == ("PA", "PB")
+    assert world.count("projects") == 1 and world.count() == 1
+    # the workspace was created, without a shell, where XNAT keeps it
+    assert (world.workspace_root / "users" / "alice").is_dir()
+    # the notebook's token is the user's own
+    assert world.token_owner(plan.env["XNAT_USER"], plan.env["XNAT_PASS"]) == "alice"
+
+
+async def test_bob_gets_only_his_project(world):
+    plan = await build_plan(spawner_for(world, "bob"))
+    assert plan.projects == ("PB",)
+
+
+async def test_missing_archive_directories_are_not_mounted(world):
+    import shutil
+
+    shutil.rmtree(world.archive_root / "PA" / "subjects")
+    plan = await build_plan(spawner_for(world, "alice"))
+    targets = [m.target for m in plan.mounts]
+    assert "/data/projects/PA/subjects" not in targets and "/data/projects/PA/resources" in targets
+
+
+async def test_a_symlink_out_of_the_archive_refuses_the_spawn(world, tmp_path):
+    import shutil
+
+    shutil.rmtree(world.archive_root / "PA" / "resources")
+    (world.archive_root / "PA" / "resources").symlink_to(tmp_path)
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner_for(world, "alice"))
+    assert err.value.reason == "invalid_launch_options"
+    assert "link" in err.value.jupyterhub_message
+
+
+async def test_xnat_launched_default_and_named_servers(world):
+    stored = world.store_user_options("alice", "", project_id="PA")
+    launch = {k: stored[k] for k in ("xsiType", "itemId", "projectId", "eventTrackingId")}
+    plan = await build_plan(spawner_for(world, "alice", user_options=launch, allowed_images=["*"]))
+    assert plan.origin == "xnat" and plan.projects == ("PA",)
+    assert plan.image == "xnat/datascience-notebook:latest"
+    assert plan.mounts[1].source == f"{world.archive_root}/PA/arc001"
+    assert world.count("user_options") == 1 and world.count() == 1
+    # the token in the notebook is the one XNAT minted for alice
+    assert world.token_owner(plan.env["XNAT_USER"], plan.env["XNAT_PASS"]) == "alice"
+
+    stored = world.store_user_options("alice", "20240101t000000000z", project_id="PB")
+    launch = {k: stored[k] for k in ("xsiType", "itemId", "projectId", "eventTrackingId")}
+    plan = await build_plan(spawner_for(world, "alice", user_options=launch, name="20240101t000000000z",
+                                        allowed_images=["*"]))
+    assert plan.projects == ("PB",) and plan.servername == "20240101t000000000z"
+    paths = [c.path_redacted for c in world.calls if c.endpoint == "user_options"]
+    assert {c.user for c in world.calls if c.endpoint == "user_options"} == {"jupyterhub"}
+    assert paths[-1].endswith("/users/alice/server/20240101t000000000z/user-options")
+    assert paths[0].endswith("/users/alice/server/user-options") and "//" not in paths[0]
+
+
+async def test_xnat_launch_needs_no_auth_state(world):
+    stored = world.store_user_options("alice", "", project_id="PA")
+    launch = {"projectId": "PA", "eventTrackingId": stored["eventTrackingId"]}
+    plan = await build_plan(spawner_for(world, "alice", token=None, user_options=launch, allowed_images=["*"]))
+    assert plan.origin == "xnat"
+
+
+async def test_launch_options_not_found(world):
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner_for(world, "alice", user_options={"projectId": "PA", "eventTrackingId": "x"}))
+    assert err.value.reason == "launch_options_not_found"
+    assert "start it again from XNAT" in err.value.jupyterhub_message
+
+
+@pytest.mark.parametrize("name", ["traversal", "other-workspace", "env-hub-token", "huge-mount-list", "cpu-huge"])
+async def test_hostile_stored_options_refuse_the_spawn_even_with_allow_start_without_data(world, name):
+    raw = json.loads(json.dumps(HOSTILE_OPTIONS[name]).replace("/docker/data/xnat", "/data/xnat")
+                     .replace("non-admin", "alice").replace("TestProject", "PA"))
+    world.store_user_options("alice", "", raw=raw)
+    spawner = spawner_for(world, "alice", user_options={"projectId": "PA"}, allowed_images=["*"],
+                          allow_start_without_data=True)
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner)
+    assert err.value.reason == "invalid_launch_options"
+    assert err.value.jupyterhub_message.startswith("The hub refused XNAT's launch settings")
+
+
+@pytest.mark.parametrize(
+    "fault, kwargs",
+    [("drop", {}), ("error", {"status": 503}), ("html", {}), ("garbage", {}), ("error", {"status": 500})],
+)
+async def test_xnat_failures_at_spawn_time_fail_closed(world, fault, kwargs):
+    world.fault("projects", fault, **kwargs)
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner_for(world, "alice"))
+    assert err.value.reason == "xnat_unavailable"
+    assert "XNAT is unavailable" in err.value.jupyterhub_message
+
+
+async def test_xnat_down_and_slow(world):
+    spawner = spawner_for(world, "alice", xnat_timeout=0.5)
+    world.go_down()
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner)
+    assert err.value.reason == "xnat_unavailable"
+    world.come_up()
+    world.fault("projects", "slow", delay=3.0)
+    t0 = time.monotonic()
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner)
+    assert err.value.reason == "xnat_unavailable"
+    assert time.monotonic() - t0 < 2.5
+    world.clear_faults()
+    world.fault("projects", "slow", delay=0.3)
+    assert (await build_plan(spawner_for(world, "alice"))).projects == ("PA", "PB")
+
+
+async def test_launch_options_failures(world):
+    launch = {"projectId": "PA", "eventTrackingId": "x"}
+    world.fault("user_options", "garbage")
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner_for(world, "alice", user_options=launch))
+    assert err.value.reason == "xnat_unavailable"
+    world.clear_faults()
+    # a wrong service password is the admin's problem, not "XNAT is down"
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner_for(world, "alice", user_options=launch, service_password="wrong"))
+    assert err.value.reason == "xnat_refused"
+    # a service account without the JupyterHub role
+    world.set_roles("jupyterhub", [])
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner_for(world, "alice", user_options=launch))
+    assert err.value.reason == "xnat_refused"
+
+
+async def test_revoked_token_asks_for_a_new_login(world):
+    tok = world.mint_token("alice")
+    world.revoke_token(tok["alias"])
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner_for(world, "alice", token=tok))
+    assert err.value.reason == "token_expired"
+    assert "log in again" in err.value.jupyterhub_message
+
+
+async def test_missing_auth_state_asks_for_a_new_login(world):
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner_for(world, "alice", token=None))
+    assert err.value.reason == "token_expired"
+    assert world.count() == 0
+
+
+async def test_expiring_token_is_refreshed_through_the_authenticator(world):
+    fresh = world.mint_token("alice")
+    refreshed_state = user_auth_state(world.url, "alice", fresh)
+    auth = FakeAuthenticator({"name": "alice", "auth_state": refreshed_state})
+    spawner = spawner_for(world, "alice", token=expiring_token(10), authenticator=auth)
+    plan = await build_plan(spawner)
+    assert auth.calls == 1
+    assert spawner.user.saved == [refreshed_state]
+    assert plan.env["XNAT_USER"] == fresh["alias"]
+
+
+@pytest.mark.parametrize("result", [False, None, True, {"name": "alice"}])
+async def test_expiring_token_without_refresh_asks_for_a_new_login(world, result):
+    auth = FakeAuthenticator(result)
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner_for(world, "alice", token=expiring_token(10), authenticator=auth))
+    assert err.value.reason == "token_expired"
+    assert auth.calls == 1
+    assert world.count() == 0
+
+
+async def test_token_for_another_xnat_is_never_sent(world):
+    spawner = spawner_for(world, "alice")
+    spawner.config.XnatSpawnHooks.xnat_url = "http://127.0.0.1:9"  # not where the token came from
+    spawner = FakeSpawner(config=spawner.config, user=spawner.user)
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner)
+    assert err.value.reason == "config"
+    assert world.count() == 0
+
+
+async def test_nothing_to_mount(world):
+    world.add_user("carl", "pw", roles=["Jupyter"])
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner_for(world, "carl"))
+    assert err.value.reason == "no_data"
+
+
+async def test_allow_start_without_data_starts_with_a_visible_warning(world, caplog):
+    world.add_user("carl", "pw", roles=["Jupyter"])
+    plan = await build_plan(spawner_for(world, "carl", allow_start_without_data=True))
+    assert plan.origin == "none" and plan.data_mounts == ()
+    assert plan.workspace is not None
+    assert "nothing to mount" in plan.full_env()["XNAT_SPAWN_WARNING"]
+    world.go_down()
+    with caplog.at_level("WARNING", logger="spawn_hooks"):
+        plan = await build_plan(spawner_for(world, "alice", allow_start_without_data=True))
+    assert "XNAT is unavailable" in plan.full_env()["XNAT_SPAWN_WARNING"]
+    assert "without XNAT data" in caplog.text
+
+
+async def test_no_secret_in_logs(world, caplog):
+    tok = world.mint_token("alice")
+    with caplog.at_level("DEBUG"):
+        await build_plan(spawner_for(world, "alice", token=tok))
+        world.go_down()
+        with pytest.raises(SpawnRefused):
+            await build_plan(spawner_for(world, "alice", token=tok))
+    assert tok["secret"] not in caplog.text
+    assert "service-pw" not in caplog.text
+
+
+async def test_spawns_do_not_block_each_other(world):
+    """Ten spawns against an XNAT that takes 0.5 s each finish together, not one after another."""
+    world.fault("projects", "slow", delay=0.5)
+    t0 = time.monotonic()
+    plans = await asyncio.gather(*(build_plan(spawner_for(world, "alice")) for _ in range(10)))
+    assert all(p.projects == ("PA", "PB") for p in plans)
+    assert time.monotonic() - t0 < 3.0
