@@ -6,6 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.xnat-oauth-installed
 NPM_STAMP := node_modules/.xnat-oauth-installed
+DEMO_STAMP := $(VENV)/.xnat-oauth-demo-installed
 
 .PHONY: demo test install bench docs clean
 
@@ -25,8 +26,13 @@ $(NPM_STAMP): package.json package-lock.json
 test: install
 	$(PY) -m pytest
 
-# A JupyterHub on a printed 127.0.0.1 URL in front of the XNAT emulator and demo accounts.
-demo: install
+$(DEMO_STAMP): $(PIP_STAMP)
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[demo]'
+	touch $@
+
+# A JupyterHub on a printed 127.0.0.1 URL with an AAF-like provider, the XNAT emulator and demo
+# accounts; servers start with the user's XNAT data and token (JupyterLab for the sample notebook).
+demo: install $(DEMO_STAMP)
 	$(PY) -m scripts.demo
 
 bench: install
