@@ -1,4 +1,4 @@
-"""``xnat-oauth`` command line. Subcommands (``check``) come with the deployment work."""
+"""``xnat-oauth`` command line: ``xnat-oauth check`` (see :mod:`xnat_oauth.check`)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,61 @@ import sys
 from ._version import __version__
 
 
-def main(argv: list[str] | None = None) -> int:
+def _timeout(value: str) -> float:
+    try:
+        t = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0 < t <= 300:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 300 seconds")
+    return t
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xnat-oauth",
         description="JupyterHub login and spawn hooks for XNAT sites.",
     )
     parser.add_argument("--version", action="version", version=f"xnat-oauth {__version__}")
-    parser.parse_args(argv)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    check = sub.add_parser(
+        "check",
+        help="check a hub's configuration against XNAT and the identity provider",
+        description=(
+            "Load the hub's config as JupyterHub would (run it in the hub's environment) and "
+            "print one PASS/FAIL/SKIP line per check, with the remedy for each failure. "
+            "Exit status 1 if any check fails."
+        ),
+    )
+    check.add_argument(
+        "-f",
+        "--config",
+        dest="config_file",
+        metavar="FILE",
+        help="the hub's jupyterhub_config.py (default: ./jupyterhub_config.py, as JupyterHub)",
+    )
+    check.add_argument(
+        "--bearer-token-file",
+        metavar="FILE",
+        help="a file holding a fresh token from the identity provider, to test that XNAT accepts "
+        "it (the XNAT token XNAT issues for it is invalidated before the command exits)",
+    )
+    check.add_argument(
+        "--xnat-timeout",
+        type=_timeout,
+        metavar="SECONDS",
+        help="seconds to wait for each request to XNAT or the provider (default: the config's xnat_timeout)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        from .check import run
+
+        return run(args.config_file, bearer_token_file=args.bearer_token_file, xnat_timeout=args.xnat_timeout)
     parser.print_help()
     return 0
 

@@ -380,23 +380,30 @@ class XnatClient:
     async def can_start_jupyter(self, username: str, auth: Credentials) -> bool:
         """The plugin's rule: role ``Jupyter`` (or admin) or the site-wide preference.
 
-        Both reads go out at once; a user with the role is allowed even if the preference
-        endpoint is missing (plugin not installed answers 404 there).
+        Roles first: most users who log in have the role, and then one request is enough. The
+        preference is asked only otherwise; a missing preference endpoint (plugin not
+        installed: 404) means no.
         """
-        roles_t = asyncio.ensure_future(self.user_roles(username, auth))
-        pref_t = asyncio.ensure_future(self.all_users_can_start_jupyter(auth))
-        try:
-            roles = await roles_t
-        except BaseException:
-            pref_t.cancel()
-            raise
+        roles = await self.user_roles(username, auth)
         if {"Jupyter", "Administrator"} & set(roles):
-            pref_t.cancel()
             return True
         try:
-            return await pref_t
+            return await self.all_users_can_start_jupyter(auth)
         except XnatNotFound:
             return False
+
+    # -- the site -------------------------------------------------------------------------
+
+    async def build_info(self, auth: Credentials) -> dict:
+        """XNAT's build properties (``version``, ``buildNumber``, ``commit``, ...).
+
+        ``/xapi/siteConfig/buildInfo`` needs a login: without credentials (``httpx.Auth()``)
+        it answers 401, which still proves XNAT is there.
+        """
+        resp = await self._request("GET", "/xapi/siteConfig/buildInfo", auth, idempotent=True)
+        d = self._json(resp)
+        self._expect(isinstance(d, dict) and isinstance(d.get("version"), str), "version", resp)
+        return d
 
     # -- projects and the JupyterHub plugin -------------------------------------------------
 

@@ -59,6 +59,7 @@ ENDPOINTS = (
     "projects",
     "pref",
     "user_options",
+    "build_info",
 )
 FAULT_KINDS = ("drop", "slow", "error", "html", "garbage")
 AUTH_KINDS = ("basic-password", "basic-token", "session", "bearer", "none")
@@ -163,6 +164,9 @@ class XnatEmulator:
     translates them to ``archive_root``/``workspace_root``. ``clock`` (epoch seconds) lets a
     test move time forward without waiting.
     """
+
+    #: what ``/xapi/siteConfig/buildInfo`` reports as ``version``; a test may set its own
+    xnat_version = "1.9.1"
 
     def __init__(
         self,

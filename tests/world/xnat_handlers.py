@@ -353,6 +353,16 @@ class Pref(XnatHandler):
         self.send_json({name: value})
 
 
+class BuildInfo(XnatHandler):
+    """XNAT's build properties (a Java Properties map: every value a string); login needed."""
+
+    endpoint = "build_info"
+
+    def get(self):
+        v = self.emu.xnat_version
+        self.send_json({"version": v, "buildNumber": "1", "buildDate": "", "commit": "emulator", "tag": v})
+
+
 class UserOptions(XnatHandler):
     endpoint = "user_options"
 
@@ -395,6 +405,7 @@ def make_app(emu: "XnatEmulator") -> web.Application:
         (rf"/xapi/users/{seg}/?", UsersGet),
         (r"/data/projects/?", Projects),
         (rf"/xapi/jupyterhub/preferences/{seg}/?", Pref),
+        (r"/xapi/siteConfig/buildInfo/?", BuildInfo),
         (rf"/xapi/jupyterhub/users/{seg}/server/user-options/?", UserOptions),
         (rf"/xapi/jupyterhub/users/{seg}/server/{seg}/user-options/?", UserOptions),
     ]
