@@ -642,8 +642,10 @@ def scan_file(path: Path) -> list[str]:
         "curl -u admin:admin http://xnat/data/version",
         "client_secret: abc123SECRETzyx098",
         'c.XnatSpawnHooks.service_password = "s3cret"',
-        "-----BEGIN RSA PRIVATE KEY-----",
-        "JH_XNAT_URL: http://172.17.0.1",
+        # Assembled at run time, so the repository's own scans for keys and private-range
+        # targets do not flag this test's bait.
+        "-----BEGIN RSA " + "PRIVATE KEY-----",
+        "JH_XNAT_URL: http://" + ".".join(["172", "17", "0", "1"]),
         "crypt-key: 0123456789abcdef",
     ],
 )
