@@ -12,6 +12,7 @@ POST to ``/hub/login`` and ``None`` on the OAuth callback, which is how the two 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from functools import cached_property
 from importlib import resources
@@ -453,7 +454,7 @@ class XnatOAuthenticator(GenericOAuthenticator):
 
     def get_custom_html(self, base_url):
         # JupyterHub renders this as a Jinja template with its own context; ours is baked in.
-        template = resources.files("xnat_oauth").joinpath("templates/login.html").read_text()
+        template = _login_template()
         ours = {
             "xnat_oidc_enabled": self.oidc_enabled,
             "xnat_login_service": f"Log in with {self.login_service}",
@@ -724,6 +725,11 @@ class XnatOAuthenticator(GenericOAuthenticator):
         auth_state = dict(auth_state)
         auth_state.pop(AUTH_STATE_KEY, None)
         await user.save_auth_state(auth_state)
+
+
+@functools.lru_cache(maxsize=1)
+def _login_template() -> str:
+    return resources.files("xnat_oauth").joinpath("templates/login.html").read_text()
 
 
 def _user_error(status: int, message: str) -> web.HTTPError:
