@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import os
 import ssl
 
+from jupyterhub.utils import maybe_future
 from xnat_oauth.auth_state import AuthStateError, XnatAuthState
 from xnat_oauth.errors import (
     ConfigError,
@@ -73,10 +73,6 @@ def _refused_from_xnat(err: XnatError, *, user_token: bool) -> SpawnRefused:
     return SpawnRefused("xnat_refused", log_detail=str(err))
 
 
-async def _maybe_await(value):
-    return await value if inspect.isawaitable(value) else value
-
-
 async def fresh_auth_state(spawner, settings: XnatSpawnHooks, raw=None) -> XnatAuthState:
     """The user's XNAT record with a token valid for ``token_refresh_margin`` seconds.
 
@@ -99,7 +95,7 @@ async def fresh_auth_state(spawner, settings: XnatSpawnHooks, raw=None) -> XnatA
     refreshed = None
     if authenticator is not None:
         try:
-            result = await _maybe_await(authenticator.refresh_user(user, getattr(spawner, "handler", None)))
+            result = await maybe_future(authenticator.refresh_user(user, getattr(spawner, "handler", None)))
         except Exception as e:  # a refresh failure means "log in again", never a crash
             log.warning("refreshing %s failed: %s", state.username, type(e).__name__)
             result = None

@@ -19,6 +19,7 @@ from traitlets import TraitError
 
 from xnat_oauth.check import Check, CheckContext, Outcome, XnatLogin, failed, passed, skipped
 from xnat_oauth.errors import ConfigError, XnatAuthError, XnatOAuthError
+from xnat_oauth.urls import LOOPBACK_HOSTS
 from xnat_oauth.xnat_client import redact_url
 
 from .config import XnatSpawnHooks
@@ -133,7 +134,7 @@ class _SpawnChecks:
         if not url:
             return skipped("no XNAT URL (see xnat-url)")
         parts = urlsplit(url)
-        if parts.scheme != "https" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        if parts.scheme != "https" and parts.hostname not in LOOPBACK_HOSTS:
             return failed(
                 f"{redact_url(url)} is not https: the service account's password would cross the "
                 "network unencrypted (not sent)",

@@ -20,6 +20,7 @@ from inspect import isawaitable
 
 import httpx
 from jupyterhub.crypto import CryptKeeper, EncryptionUnavailable
+from jupyterhub.utils import maybe_future
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLogoutHandler
 from tornado import web
@@ -39,12 +40,13 @@ from .errors import (
 from .identity import UsernamePattern, check_aaf_claims, check_hosted_domain
 from .oidc import handlers as oidc_handlers
 from .oidc.discovery import OidcProvider
-from .oidc.errors import IdTokenError, OidcError
+from .oidc.errors import IdTokenError
 from .oidc.id_token import merge_claims, verify_id_token
 from .oidc.presets import ProviderPreset, generic_preset, get_preset
 from .password_login import PasswordLogin
 from .throttle import Limit, LoginThrottle
 from .xnat_client import BearerAuth, XnatClient
+from .urls import is_loopback_url
 from .xnat_login import UsernameMismatch, discard, finish_login
 
 BEARER_REFUSED_HELP = (
@@ -345,7 +347,7 @@ class XnatOAuthenticator(GenericOAuthenticator):
                 "Nothing to log in with: password_login is off and no OpenID provider is "
                 "configured."
             )
-        if self.xnat_url.startswith("http://") and not _is_loopback_url(self.xnat_url):
+        if self.xnat_url.startswith("http://") and not is_loopback_url(self.xnat_url):
             self.log.warning(
                 "xnat_url uses plain http: XNAT passwords and tokens cross the network unencrypted."
             )
@@ -509,9 +511,9 @@ class XnatOAuthenticator(GenericOAuthenticator):
         return model
 
     async def _allowed_by_hub(self, username, model) -> bool:
-        if not await _maybe_await(self.check_blocked_users(username, model)):
+        if not await maybe_future(self.check_blocked_users(username, model)):
             return False
-        return self.allow_all or await _maybe_await(self.check_allowed(username, model))
+        return self.allow_all or await maybe_future(self.check_allowed(username, model))
 
     async def check_allowed(self, username, auth_model):
         record = XnatAuthState.maybe_from_auth_state((auth_model or {}).get("auth_state"))
@@ -745,16 +747,3 @@ def _user_error(status: int, message: str) -> web.HTTPError:
 
 def _short(s: str) -> str:
     return s if len(s) <= 32 else f"{s[:16]}...({len(s)} chars)"
-
-
-def _is_loopback_url(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    return urlsplit(url).hostname in ("127.0.0.1", "::1", "localhost")
-
-
-async def _maybe_await(v):
-    if hasattr(v, "__await__"):
-        return await v
-    return v
-

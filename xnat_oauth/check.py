@@ -49,6 +49,7 @@ from .errors import (
     XnatOAuthError,
     XnatUnavailable,
 )
+from .urls import LOOPBACK_HOSTS
 from .xnat_client import BearerAuth, XnatClient, redact_url
 
 ENTRY_POINT_GROUP = "xnat_oauth.checks"
@@ -58,7 +59,6 @@ PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 DEFAULT_CONFIG_FILE = "jupyterhub_config.py"
 #: a token file larger than this is not a token
 _MAX_TOKEN_BYTES = 64 * 1024
-_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # Values of variables and settings with these names are scrubbed from the output too.
 _SECRET_NAME = re.compile(r"secret|password|passwd|token|crypt_?key|_pass$|private", re.I)
 # A value found under such a name is scrubbed only if it looks random: settings like
@@ -500,7 +500,7 @@ async def check_xnat_url(ctx: CheckContext) -> Outcome:
         )
     if parts.scheme == "https" and parts.hostname:
         return passed(shown)
-    if parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS:
+    if parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
         return passed(f"{shown} (plain http, to this machine only)")
     if parts.scheme == "http" and parts.hostname:
         return failed(
@@ -813,7 +813,7 @@ async def check_callback_url(ctx: CheckContext) -> Outcome:
         return failed(f"{url!r} is not an http(s) URL", fix)
     if parts.username or parts.password or parts.query or parts.fragment:
         return failed(f"{redact_url(url)} must have no credentials, query or fragment", fix)
-    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
         return failed(f"{url} uses plain http: the authorization code would cross the network unencrypted", fix)
     if parts.path != path:
         return failed(f"{url}: the path must be {path} (JupyterHub base_url {base_url!r})", fix)

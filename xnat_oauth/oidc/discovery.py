@@ -26,6 +26,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, Key, KeySet, RSAKey
 
 from ..errors import ConfigError
+from ..urls import LOOPBACK_HOSTS
 from .errors import IdTokenError, IssuerMismatch, ProviderBadResponse, ProviderUnavailable
 
 log = logging.getLogger("xnat_oauth.oidc")
@@ -44,8 +45,6 @@ OVERRIDABLE_ENDPOINTS = (
     "jwks_uri",
 )
 
-_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
-
 T = TypeVar("T")
 
 
@@ -57,7 +56,7 @@ def check_provider_url(url: str, what: str) -> str:
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return url
-    if parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS:
+    if parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
         return url
     raise ConfigError(f"{what} must be an https URL, got {url!r}")
 
