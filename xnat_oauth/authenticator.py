@@ -490,7 +490,7 @@ class XnatOAuthenticator(GenericOAuthenticator):
             record = await self._password_login.login(username, data.get("password", ""), address)
             model = {"name": record.username, "admin": None, "auth_state": record.into({})}
             if not self.check_xnat_jupyter_permission and not await self._allowed_by_hub(record.username, model):
-                await self._password_login.discard(record.token)
+                await discard(self.xnat, record.token, self.log)
                 raise _user_error(403, f"User {record.username} is not allowed on this hub.")
         except LoginThrottled as e:
             self.log.warning("XNAT password login: %s", e)

@@ -17,7 +17,7 @@ from .auth_state import XnatAuthState
 from .errors import LoginThrottled, XnatAuthError, XnatForbidden
 from .throttle import LoginThrottle
 from .xnat_client import XnatClient
-from .xnat_login import discard, finish_login
+from .xnat_login import finish_login
 
 log = logging.getLogger("xnat_oauth.password")
 
@@ -75,6 +75,3 @@ class PasswordLogin:
         return await finish_login(
             self.client, issued, source="password", check_jupyter=self.check_jupyter, log=self.log
         )
-
-    async def discard(self, token):
-        await discard(self.client, token, self.log)
