@@ -28,6 +28,8 @@ from tests.world.rogue_idp import RogueIdP, TokenMode
 PROVIDER_ID = "rogue"
 LOGIN_COOKIE = "jupyterhub-hub-login"
 STATE_COOKIE = "oauthenticator-state"
+#: the hub's own cookie with the login's nonce (xnat_oauth.oidc.handlers.LOGIN_COOKIE)
+NONCE_COOKIE = "xnat-oauth-login"
 UNVERIFIED_PAGE = "Your identity provider's answer could not be verified"
 #: a hub pattern that differs from XNAT's default, for the mapping tests
 OTHER_PATTERN = "[providerId]_[preferred_username]"
@@ -273,7 +275,9 @@ async def test_a_replayed_callback_with_the_same_id_token_is_refused(hub, idp, x
     async with HubBrowser(hub.url) as victim:
         start = await victim.get(hub.url + "/hub/oauth_login")
         authorize_url = start.headers["location"]
-        state_cookie = next(c for c in victim.client.cookies.jar if c.name == STATE_COOKIE)
+        # the attacker has everything the victim's browser had for this login
+        login_cookies = [c for c in victim.client.cookies.jar if c.name in (STATE_COOKIE, NONCE_COOKIE)]
+        assert {c.name for c in login_cookies} == {STATE_COOKIE, NONCE_COOKIE}
         to_callback = await victim.client.get(authorize_url)
         first = await victim.get(to_callback.headers["location"])
         assert first.status_code == 302, first.text
@@ -283,7 +287,8 @@ async def test_a_replayed_callback_with_the_same_id_token_is_refused(hub, idp, x
 
     before = len(hub.log_text())
     async with HubBrowser(hub.url) as attacker:
-        attacker.client.cookies.jar.set_cookie(state_cookie)
+        for cookie in login_cookies:
+            attacker.client.cookies.jar.set_cookie(cookie)
         to_callback = await attacker.client.get(authorize_url)
         assert to_callback.status_code == 302
         response = await attacker.get(to_callback.headers["location"])

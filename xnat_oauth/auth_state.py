@@ -79,6 +79,11 @@ class Identity:
     issuer: str
     sub: str
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """(issuer, sub): the only stable identifier of a person at a provider."""
+        return (self.issuer, self.sub)
+
     def to_dict(self) -> dict:
         return {"provider": self.provider, "issuer": self.issuer, "sub": self.sub}
 

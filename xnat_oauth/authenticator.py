@@ -5,39 +5,58 @@ on the same page. Both paths end in the same place: the hub user is named exactl
 XNAT, and ``auth_state["xnat"]`` (see :mod:`xnat_oauth.auth_state`) holds the user's own XNAT
 alias token for the spawn hooks.
 
-JupyterHub calls ``authenticate(handler, data)`` for both: ``data`` is the form (a dict) on a
-POST to ``/hub/login`` and ``None`` on the OAuth callback, which is how the two are told apart.
+Both paths run through oauthenticator's own, documented login chain; nothing of it is replaced
+(``authenticate`` and ``refresh_user``'s logic stay oauthenticator's):
+
+=============================  ========================================  =========================
+hook                           OpenID Connect (callback, ``data=None``)  password form (``data``)
+=============================  ========================================  =========================
+build_access_tokens_request_   code, PKCE (oauthenticator's)             the form, for XNAT
+params
+get_token_info                 token request, then the ID token is       ``tokens/issue`` with the
+                               verified (signature, iss, aud, nonce)     password (one XNAT call)
+token_to_user                  userinfo, claim rules, username, the      the token's owner
+                               XNAT token exchange
+user_info_to_username          the XNAT username                         the XNAT username
+build_auth_state_dict          tokens + ``auth_state["xnat"]``           ``auth_state["xnat"]``
+check_blocked_users /          JupyterHub's rules; a refused login's XNAT token is invalidated
+check_allowed
+refresh_user                   oauthenticator's, with ``refresh_user_hook``; the stored response
+                               is re-checked by ``token_to_user`` (see :mod:`.login_state`)
+=============================  ========================================  =========================
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import os
 from functools import cached_property
 from importlib import resources
-from inspect import isawaitable
 
 import httpx
 from jupyterhub.crypto import CryptKeeper, EncryptionUnavailable
 from jupyterhub.utils import maybe_future
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLogoutHandler
-from tornado import web
-from tornado.httpclient import HTTPClientError
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Set, Unicode, default
 
-from .auth_state import AUTH_STATE_KEY, Identity, XnatAuthState
-from .errors import (
-    ConfigError,
-    LoginThrottled,
-    NotAllowedJupyter,
-    XnatAuthError,
-    XnatForbidden,
-    XnatOAuthError,
-    XnatUnavailable,
-)
+from . import compat
+from .auth_state import Identity, XnatAuthState
+from .errors import ConfigError, XnatOAuthError, XnatUnavailable
 from .identity import UsernamePattern, check_aaf_claims, check_hosted_domain
+from .login_state import (
+    PASSWORD_GRANT,
+    STEP_KEY,
+    XNAT_TOKEN_TYPE,
+    LoginStep,
+    XnatTokenExpired,
+    login_step,
+    stored_login,
+    token_response_to_store,
+    without_xnat_token,
+)
 from .oidc import handlers as oidc_handlers
 from .oidc.discovery import OidcProvider
 from .oidc.errors import IdTokenError
@@ -45,16 +64,10 @@ from .oidc.id_token import merge_claims, verify_id_token
 from .oidc.presets import ProviderPreset, generic_preset, get_preset
 from .password_login import PasswordLogin
 from .throttle import Limit, LoginThrottle
-from .xnat_client import BearerAuth, XnatClient
 from .urls import is_loopback_url
-from .xnat_login import UsernameMismatch, discard, finish_login
-
-BEARER_REFUSED_HELP = (
-    "XNAT refused the identity provider's token. On the XNAT side, XNAT's OpenID plugin (1.6 or "
-    "later) must accept Bearer tokens for this provider: set openid.{p}.bearer.enabled=true and add "
-    "this hub's client id to openid.{p}.audCheck.acceptedAudiences. Or set "
-    "c.XnatOAuthenticator.xnat_token_exchange = 'off'."
-)
+from .user_errors import BEARER_REFUSED_HELP, oidc_login_errors, password_login_errors, user_error
+from .xnat_client import BearerAuth, XnatClient
+from .xnat_login import discard, finish_login
 
 CRYPT_KEY_HELP = (
     "xnat-oauth keeps each user's XNAT token in JupyterHub's encrypted auth_state, so the hub "
@@ -63,19 +76,27 @@ CRYPT_KEY_HELP = (
     "the same across restarts (a new key logs every user out)."
 )
 
+#: the key of user_info (``auth_state["oauth_user"]``) holding the XNAT username of the login
+XNAT_USERNAME_KEY = "xnat_username"
+
+#: one answer for every JupyterHub rule that refuses a login: which rule is the admin's business
+NOT_ALLOWED_MESSAGE = (
+    "Your account is not allowed on this hub. If you think it should be, please contact the "
+    "hub's administrator."
+)
+
+__all__ = ["XnatOAuthenticator", "BEARER_REFUSED_HELP"]
+
 
 class XnatLogoutHandler(OAuthLogoutHandler):
     """Logout also invalidates the user's XNAT alias token and forgets it."""
 
-    async def get(self):
-        self._xnat_user = self.current_user  # read before JupyterHub clears the login cookie
-        await super().get()
-
     async def handle_logout(self):
-        # Before the logout page is sent: once the browser has its answer, the token is gone.
+        # JupyterHub calls this after clearing the login cookie but before the logout page is
+        # sent, with current_user still set: once the browser has its answer, the token is gone.
         await super().handle_logout()
-        if getattr(self, "_xnat_user", None) is not None:
-            await self.authenticator.forget_xnat_token(self._xnat_user)
+        if self.current_user is not None:
+            await self.authenticator.forget_xnat_token(self.current_user)
 
 
 class XnatOAuthenticator(GenericOAuthenticator):
@@ -351,6 +372,12 @@ class XnatOAuthenticator(GenericOAuthenticator):
             self.log.warning(
                 "xnat_url uses plain http: XNAT passwords and tokens cross the network unencrypted."
             )
+        if not self.xnat_validate_cert:
+            self.log.warning(
+                "!!! xnat_validate_cert is False: XNAT's TLS certificate is NOT verified, so anyone "
+                "on the network path can read every XNAT password and token this hub sends. "
+                "Only for a throw-away test site; use xnat_ca_bundle for an institutional CA. !!!"
+            )
         if self.check_xnat_jupyter_permission:
             # XNAT's Jupyter rule is the allow rule; JupyterHub need not warn about none.
             return
@@ -416,6 +443,11 @@ class XnatOAuthenticator(GenericOAuthenticator):
         )
 
     @cached_property
+    def _refreshes(self) -> dict[str, asyncio.Future]:
+        """The refresh under way for each user name (see refresh_user)."""
+        return {}
+
+    @cached_property
     def _nonces(self) -> oidc_handlers.NonceRegistry:
         return oidc_handlers.NonceRegistry()
 
@@ -474,118 +506,90 @@ class XnatOAuthenticator(GenericOAuthenticator):
         # and two people must never collide, so the name is kept exactly as XNAT spells it.
         return self.username_map.get(username, username)
 
-    # -- authentication --------------------------------------------------------------------
+    def user_info_to_username(self, user_info):
+        return user_info[XNAT_USERNAME_KEY]
 
-    async def authenticate(self, handler, data=None, **kwargs):
-        if data is None:
-            return await self._authenticate_oidc(handler)
+    # -- the login chain (oauthenticator's authenticate calls these in order) ---------------
+
+    def build_access_tokens_request_params(self, handler, data=None):
+        if data is None:  # the OAuth callback
+            if not self.oidc_enabled:
+                raise user_error(404, "OpenID login is not configured on this hub.")
+            return super().build_access_tokens_request_params(handler, data)
+        # The password form posted to /hub/login. What it holds stays in this process: the
+        # password reaches XNAT once, in get_token_info, and nothing else.
         if not self.password_login:
-            raise _user_error(403, "Password login is disabled on this hub.")
-        return await self._authenticate_password(handler, data)
+            raise user_error(403, "Password login is disabled on this hub.")
+        return {
+            "grant_type": PASSWORD_GRANT,
+            "username": data.get("username", ""),
+            "password": data.get("password", ""),
+            "address": handler.request.remote_ip if handler is not None else "unknown",
+        }
 
-    async def _authenticate_password(self, handler, data):
-        username = data.get("username", "")
-        address = handler.request.remote_ip if handler is not None else "unknown"
-        try:
-            record = await self._password_login.login(username, data.get("password", ""), address)
-            model = {"name": record.username, "admin": None, "auth_state": record.into({})}
-            if not self.check_xnat_jupyter_permission and not await self._allowed_by_hub(record.username, model):
-                await discard(self.xnat, record.token, self.log)
-                raise _user_error(403, f"User {record.username} is not allowed on this hub.")
-        except LoginThrottled as e:
-            self.log.warning("XNAT password login: %s", e)
-            raise _user_error(e.status_code, e.user_message) from None
-        except XnatAuthError as e:
-            self.log.warning("XNAT password login refused for %r: %s", _short(username), e)
-            raise _user_error(403, XnatAuthError.user_message) from None
-        except NotAllowedJupyter as e:
-            self.log.warning("XNAT password login: %s", e)
-            raise _user_error(403, e.user_message) from None
-        except XnatUnavailable as e:
-            self.log.error("XNAT password login failed, XNAT unavailable: %s", e)
-            raise _user_error(503, XnatUnavailable.user_message) from None
-        except XnatOAuthError as e:
-            self.log.error("XNAT password login failed: %s", e)
-            raise _user_error(e.status_code, e.user_message) from None
-        self.log.info("XNAT password login for %s", record.username)
-        return model
+    async def get_token_info(self, handler, params):
+        if params.get("grant_type") == PASSWORD_GRANT:
+            with password_login_errors(self.log, params["username"]):
+                record = await self._password_login.login(
+                    params["username"], params["password"], params["address"]
+                )
+            return {"token_type": XNAT_TOKEN_TYPE, STEP_KEY: LoginStep(PASSWORD_GRANT, record=record)}
 
-    async def _allowed_by_hub(self, username, model) -> bool:
-        if not await maybe_future(self.check_blocked_users(username, model)):
-            return False
-        return self.allow_all or await maybe_future(self.check_allowed(username, model))
+        grant = params.get("grant_type")
+        with oidc_login_errors(self.log, self.xnat_provider_id):
+            nonce = None
+            if grant == "authorization_code":
+                # Before the code is redeemed: a browser without its login nonce gets nothing.
+                nonce = oidc_handlers.pop_login_nonce(handler)
+                if not nonce:
+                    raise IdTokenError("nonce", "no nonce in this browser's login state")
+            await self.oidc_ready()
+            token_info = dict(await super().get_token_info(handler, params))
+            id_claims = None
+            if grant == "authorization_code" or token_info.get("id_token"):
+                id_token = token_info.get("id_token")
+                if not id_token:
+                    raise IdTokenError("malformed", "the provider returned no ID token")
+                id_claims = await verify_id_token(
+                    id_token,
+                    provider=self.oidc,
+                    client_id=self.client_id,
+                    nonce=nonce,
+                    # ID tokens from a refresh grant carry no nonce (OIDC Core 12.2)
+                    require_nonce=nonce is not None,
+                    access_token=token_info.get("access_token"),
+                    leeway=self.id_token_leeway,
+                )
+                if nonce is not None and not self._nonces.use(nonce):
+                    raise IdTokenError("nonce", "nonce already used (replayed login)")
+        token_info[STEP_KEY] = LoginStep(grant, id_claims=id_claims)
+        return token_info
 
-    async def check_allowed(self, username, auth_model):
-        record = XnatAuthState.maybe_from_auth_state((auth_model or {}).get("auth_state"))
-        if self.check_xnat_jupyter_permission and record is not None and record.token is not None:
-            # XNAT's Jupyter permission was checked with this token during authenticate. Logins
-            # without an XNAT token (exchange "off") fall through to JupyterHub's allow rules.
-            return True
-        return await super().check_allowed(username, auth_model)
+    async def token_to_user(self, token_info):
+        step = login_step(token_info)
+        if step is None:
+            return await self._recheck_stored_login(token_info)
+        if step.kind == PASSWORD_GRANT:
+            return {XNAT_USERNAME_KEY: step.record.username}
+        with oidc_login_errors(self.log, self.xnat_provider_id):
+            return await self._openid_user(token_info, step)
 
-    # -- OpenID Connect login -----------------------------------------------------------------
-
-    async def _authenticate_oidc(self, handler):
-        if not self.oidc_enabled:
-            raise _user_error(404, "OpenID login is not configured on this hub.")
-        try:
-            return await self._oidc_login(handler)
-        except IdTokenError as e:
-            self.log.warning("OpenID login refused, ID token %s: %s", e.reason, e)
-            raise _user_error(403, e.user_message) from None
-        except UsernameMismatch as e:
-            self.log.error("OpenID login refused: %s", e)
-            raise _user_error(403, e.user_message) from None
-        except (XnatAuthError, XnatForbidden) as e:
-            self.log.error("XNAT refused the Bearer token exchange: %s", e)
-            raise _user_error(
-                403, BEARER_REFUSED_HELP.format(p=self.xnat_provider_id)
-            ) from None
-        except XnatUnavailable as e:
-            self.log.error("OpenID login failed, XNAT unavailable: %s", e)
-            raise _user_error(503, XnatUnavailable.user_message) from None
-        except XnatOAuthError as e:  # claims, provider outage, Jupyter permission
-            self.log.warning("OpenID login refused: %s", e)
-            raise _user_error(e.status_code, e.user_message) from None
-        except HTTPClientError as e:
-            self.log.error("OpenID provider answered %s during login", e.code)
-            raise _user_error(
-                503 if (e.code or 599) >= 500 else 403,
-                "The identity provider refused or failed the login. Please try again.",
-            ) from None
-
-    async def _oidc_login(self, handler):
-        await self.oidc_ready()
-        nonce = oidc_handlers.nonce_from_callback(handler)
-        if not nonce:
-            raise IdTokenError("nonce", "no nonce in this browser's login state")
-        params = self.build_access_tokens_request_params(handler, None)
-        token_info = await self.get_token_info(handler, params)
-        id_token = token_info.get("id_token")
-        if not id_token:
-            raise IdTokenError("malformed", "the provider returned no ID token")
-        id_claims = await verify_id_token(
-            id_token,
-            provider=self.oidc,
-            client_id=self.client_id,
-            nonce=nonce,
-            access_token=token_info.get("access_token"),
-            leeway=self.id_token_leeway,
-        )
-        if not self._nonces.use(nonce):
-            raise IdTokenError("nonce", "nonce already used (replayed login)")
-        return await self._oidc_auth_model(token_info, id_claims)
-
-    async def _oidc_auth_model(self, token_info, id_claims, *, expected_username=None):
-        """Claims -> username -> authorisation -> XNAT token -> auth model. Shared with refresh."""
-        userinfo = await self.token_to_user(token_info) if self.userdata_url else None
+    async def _openid_user(self, token_info, step: LoginStep) -> dict:
+        """Claims -> username -> claim rules -> XNAT token, for a login or a refresh grant."""
+        userinfo = await super().token_to_user(token_info) if self.userdata_url else None
+        id_claims = step.id_claims
+        if id_claims is None:
+            # A refresh grant without a new ID token: userinfo, fetched with the new access
+            # token, names the subject; refresh_user checks it is the same one as before.
+            sub = (userinfo or {}).get("sub")
+            if not isinstance(sub, str) or not sub:
+                raise IdTokenError("malformed", "the refresh returned neither an ID token nor a userinfo sub")
+            id_claims = {"iss": self.oidc.issuer, "sub": sub}
         claims = merge_claims(id_claims, userinfo)
         preset = self.oidc_preset
         username = self.username_pattern_compiled.render(
             claims, self.xnat_provider_id, email_requires_verified=preset.email_requires_verified
         )
-        if expected_username is not None and username != expected_username:
-            raise IdTokenError("claim", f"refreshed identity maps to {username!r}, not {expected_username!r}")
         check_aaf_claims(
             claims,
             allowed_scoped_affiliations=self.allowed_scoped_affiliations,
@@ -614,100 +618,134 @@ class XnatOAuthenticator(GenericOAuthenticator):
             record = XnatAuthState(
                 url=self.xnat.url, username=username, source="none", token=None, identity=identity
             )
-
-        auth_state = self.build_auth_state_dict(token_info, claims)
-        if isawaitable(auth_state):
-            auth_state = await auth_state
-        auth_state = record.into(auth_state)
-        if self.modify_auth_state_hook is not None:
-            auth_state = await self._call_modify_auth_state_hook(auth_state)
-        model = {
-            "name": username,
-            "admin": True if username in self.admin_users else None,
-            "auth_state": auth_state,
-        }
-        model = await self.update_auth_model(model)
-        if self.manage_groups:
-            model = await self._apply_managed_groups(model)
+        step.record = record
         self.log.info("OpenID login (%s) for %s, XNAT token: %s", preset.name, username, record.source)
-        return model
+        return {**claims, XNAT_USERNAME_KEY: record.username}
 
-    # -- session life ----------------------------------------------------------------------
-
-    async def refresh_user(self, user, handler=None, **kwargs):
-        """Keep the session while the XNAT token is valid; ask for a new login before it expires.
-
-        Never raises on an auth_state written by another login path or an older version.
-        """
-        if not self.enable_auth_state:
-            return True
-        if handler is not None and not hasattr(handler, "_token_authenticated"):
-            # JupyterHub 5-6 reads this attribute when a refresh fails on a cookie-authenticated
-            # request but only sets it on token-authenticated ones: without it, "log in again"
-            # becomes a 500 on the spawn page.
-            handler._token_authenticated = False
-        auth_state = await user.get_auth_state()
-        record = XnatAuthState.maybe_from_auth_state(auth_state)
-        if record is None:
-            self.log.info("No usable XNAT record in auth_state of %s: new login needed", user.name)
-            return False
+    async def _recheck_stored_login(self, token_info) -> dict:
+        """A refresh: is the stored XNAT token still good? Raises XnatTokenExpired if not."""
+        stored = stored_login(token_info)
+        if stored is None:
+            raise XnatTokenExpired("no usable XNAT record in auth_state (older version?)")
+        record, user_info = stored
+        if record.url != self.xnat.url:
+            # The token belongs to another XNAT (xnat_url changed): never send it anywhere.
+            raise XnatTokenExpired(f"the XNAT token is for {record.url}, not {self.xnat.url}")
         if record.token is None:
-            return True
+            return user_info
         if not record.token.is_valid_for(self.xnat_token_refresh_margin):
-            if record.source == "bearer" and auth_state.get("refresh_token") and self.oidc_enabled:
-                return await self._refresh_oidc(user, auth_state, record)
-            self.log.info("XNAT token of %s expires within the margin: new login needed", user.name)
-            return False
+            raise XnatTokenExpired("the XNAT token expires within xnat_token_refresh_margin")
         if self.xnat_validate_on_refresh:
             try:
                 owner = await self.xnat.validate_token(record.token)
             except XnatUnavailable as e:
-                self.log.warning("Could not validate the XNAT token of %s (%s); keeping the session", user.name, e)
-                return True
-            except XnatOAuthError as e:
-                self.log.info("XNAT refused the token of %s (%s): new login needed", user.name, e)
-                return False
-            if owner != record.username:
-                self.log.info("XNAT token of %s is no longer valid: new login needed", user.name)
-                return False
-        return True
-
-    async def _refresh_oidc(self, user, auth_state, record):
-        """A new XNAT token through the provider's refresh token and the Bearer exchange."""
-        try:
-            await self.oidc_ready()
-            params = self.build_refresh_token_request_params(auth_state["refresh_token"])
-            token_info = dict(await self.get_token_info(None, params))
-            token_info.setdefault("refresh_token", auth_state["refresh_token"])
-            if token_info.get("id_token"):
-                # ID tokens from a refresh grant carry no nonce (OIDC Core 12.2).
-                id_claims = await verify_id_token(
-                    token_info["id_token"],
-                    provider=self.oidc,
-                    client_id=self.client_id,
-                    nonce=None,
-                    require_nonce=False,
-                    access_token=token_info.get("access_token"),
-                    leeway=self.id_token_leeway,
+                self.log.warning(
+                    "Could not validate the XNAT token of %s (%s); keeping the session", record.username, e
                 )
-            elif self.userdata_url:
-                # No new ID token: userinfo must name the same subject (merge_claims checks).
-                id_claims = {"iss": record.identity.issuer, "sub": record.identity.sub}
-            else:
-                return False
-            if record.identity is None or (id_claims["iss"], id_claims["sub"]) != (
-                record.identity.issuer,
-                record.identity.sub,
-            ):
-                self.log.warning("Refreshed identity of %s is another subject: new login needed", user.name)
-                return False
-            model = await self._oidc_auth_model(token_info, id_claims, expected_username=user.name)
-        except (XnatOAuthError, HTTPClientError) as e:
-            self.log.info("Could not refresh the XNAT token of %s (%s): new login needed", user.name, e)
+                return user_info
+            except XnatOAuthError as e:
+                raise XnatTokenExpired(f"XNAT refused the token ({e})") from None
+            if owner != record.username:
+                raise XnatTokenExpired("XNAT no longer accepts the token")
+        return user_info
+
+    def build_auth_state_dict(self, token_info, user_info):
+        step = login_step(token_info)
+        # a login's record is in its step; a refresh re-checked the one stored (token_to_user)
+        record = step.record if step is not None else stored_login(token_info)[0]
+        response = token_response_to_store(token_info, record, user_info)
+        if response.get("token_type") == XNAT_TOKEN_TYPE:
+            # A password login has no provider tokens; the keys keep oauthenticator's shape.
+            auth_state = {
+                "access_token": None,
+                "refresh_token": None,
+                "id_token": None,
+                "scope": [],
+                "token_response": response,
+                self.user_auth_state_key: user_info,
+            }
+        else:
+            auth_state = super().build_auth_state_dict(response, user_info)
+        return record.into(auth_state)
+
+    # -- admission: JupyterHub's rules, and no XNAT token left behind by a refusal ----------
+
+    async def check_blocked_users(self, username, authentication=None):
+        if await maybe_future(super().check_blocked_users(username, authentication)):
+            return True
+        await self._refuse(username, authentication, "is in blocked_users")
+
+    async def check_allowed(self, username, auth_model):
+        if auth_model is None:
+            return await super().check_allowed(username, auth_model)
+        record = XnatAuthState.maybe_from_auth_state(auth_model.get("auth_state"))
+        if self.check_xnat_jupyter_permission and record is not None and record.token is not None:
+            # XNAT's Jupyter permission was checked with this token during login. Logins
+            # without an XNAT token (exchange "off") fall through to JupyterHub's allow rules.
+            return True
+        if await super().check_allowed(username, auth_model):
+            return True
+        await self._refuse(username, auth_model, "matches no allow rule")
+
+    async def _refuse(self, username, auth_model, why: str):
+        """Invalidate the login's XNAT token, then refuse with one message for every rule."""
+        record = XnatAuthState.maybe_from_auth_state((auth_model or {}).get("auth_state"))
+        if record is not None and record.token is not None:
+            await discard(self.xnat, record.token, self.log)
+        self.log.warning("Login refused: %s %s", username, why)
+        raise user_error(403, NOT_ALLOWED_MESSAGE)
+
+    # -- session life ----------------------------------------------------------------------
+
+    async def refresh_user(self, user, handler=None, **kwargs):
+        """oauthenticator's refresh (with ``refresh_user_hook``), one at a time per user.
+
+        Concurrent requests of one user share one refresh: a provider that detects refresh
+        token reuse would otherwise revoke the whole grant, and each extra refresh would mint
+        an XNAT token nobody stores. A new XNAT token is stored before the old one is
+        invalidated, and never kept if the refreshed login is someone else.
+        """
+        if not self.enable_auth_state:
+            return True
+        compat.allow_refresh_to_ask_for_login(handler)
+        flight = self._refreshes.get(user.name)
+        if flight is None:
+            flight = asyncio.ensure_future(self._refresh_once(user, handler, **kwargs))
+            self._refreshes[user.name] = flight
+            flight.add_done_callback(functools.partial(self._refresh_done, user.name))
+        result = await asyncio.shield(flight)
+        return dict(result) if isinstance(result, dict) else result
+
+    def _refresh_done(self, name, flight):
+        if self._refreshes.get(name) is flight:
+            del self._refreshes[name]
+
+    async def _refresh_once(self, user, handler, **kwargs):
+        before = XnatAuthState.maybe_from_auth_state(await user.get_auth_state())
+        result = await super().refresh_user(user, handler, **kwargs)
+        if not isinstance(result, dict):
+            return result
+        after = XnatAuthState.maybe_from_auth_state(result.get("auth_state"))
+        new_token = after is not None and after.token is not None and (
+            before is None or before.token is None or after.token.alias != before.token.alias
+        )
+        same_identity = (
+            before is None
+            or before.identity is None
+            or after is None
+            or (after.identity is not None and after.identity.key == before.identity.key)
+        )
+        if result.get("name", user.name) != user.name or not same_identity:
+            self.log.warning("Refreshed login of %s is someone else: new login needed", user.name)
+            if new_token:
+                await discard(self.xnat, after.token, self.log)
             return False
-        await discard(self.xnat, record.token, self.log)
-        self.log.info("Refreshed the XNAT token of %s through the OpenID refresh token", user.name)
-        return model
+        if new_token:
+            await user.save_auth_state(result["auth_state"])
+            if before is not None and before.token is not None:
+                await discard(self.xnat, before.token, self.log)
+            self.log.info("Refreshed the XNAT token of %s", user.name)
+        return result
 
     async def forget_xnat_token(self, user):
         """On logout: invalidate the token in XNAT and drop it from auth_state."""
@@ -724,26 +762,9 @@ class XnatOAuthenticator(GenericOAuthenticator):
             self.log.info("Invalidated the XNAT token of %s at logout", user.name)
         except XnatOAuthError as e:
             self.log.warning("Could not invalidate the XNAT token of %s at logout: %s", user.name, e)
-        auth_state = dict(auth_state)
-        auth_state.pop(AUTH_STATE_KEY, None)
-        await user.save_auth_state(auth_state)
+        await user.save_auth_state(without_xnat_token(auth_state))
 
 
 @functools.lru_cache(maxsize=1)
 def _login_template() -> str:
     return resources.files("xnat_oauth").joinpath("templates/login.html").read_text()
-
-
-def _user_error(status: int, message: str) -> web.HTTPError:
-    """An error page for the user that tornado does not log again.
-
-    tornado logs an HTTPError's message with the request URI, and on the OAuth callback the URI
-    carries the authorization code. Every caller here has already logged what the admin needs.
-    """
-    err = web.HTTPError(status)
-    err.jupyterhub_message = message
-    return err
-
-
-def _short(s: str) -> str:
-    return s if len(s) <= 32 else f"{s[:16]}...({len(s)} chars)"

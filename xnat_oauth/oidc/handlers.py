@@ -2,9 +2,13 @@
 
 oauthenticator sends ``state`` and PKCE but no ``nonce`` (OIDC Core 3.1.2.1), so an ID token
 stolen from one login could be replayed into another. Each login here gets a fresh random nonce,
-kept in oauthenticator's own signed state cookie beside ``state_id`` and ``code_verifier``, and
-sent in the authorize request. The callback reads it back from the cookie; the ID token must
-carry it; a :class:`NonceRegistry` refuses a second use within the hub process.
+sent in the authorize request and kept in a signed, short-lived cookie of our own
+(:data:`LOGIN_COOKIE`), beside oauthenticator's state cookie but independent of its format. The
+callback (:func:`pop_login_nonce`) reads it back; the ID token must carry it; a
+:class:`NonceRegistry` refuses a second use within the hub process.
+
+Only public names are used: oauthenticator's ``OAuthLoginHandler`` (its documented
+``login_handler`` extension point), tornado's ``authorize_redirect`` and secure cookies.
 """
 
 from __future__ import annotations
@@ -12,42 +16,65 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
+from inspect import isawaitable
 
-from oauthenticator.oauth2 import OAuthLoginHandler, _deserialize_state, _serialize_state
+from oauthenticator.oauth2 import OAuthLoginHandler
 from tornado import web
 
 from ..errors import XnatOAuthError
 
+#: the cookie holding this browser's login nonce, signed with the hub's cookie secret
+LOGIN_COOKIE = "xnat-oauth-login"
+#: how long a login may take at the provider (AAF's discovery page, an institution's MFA)
+LOGIN_COOKIE_MAX_AGE = 3600.0
+
+
+def _cookie_kwargs(handler) -> dict:
+    """Cookie attributes as JupyterHub gives its own cookies: httponly, secure over https."""
+    kwargs: dict = {"httponly": True, "path": handler.hub.base_url}
+    public_url = handler.settings.get("public_url")
+    scheme = public_url.scheme if public_url else handler.request.protocol
+    if scheme == "https":
+        kwargs["secure"] = True
+    kwargs.update(handler.settings.get("cookie_options", {}))
+    return kwargs
+
 
 class XnatOAuthLoginHandler(OAuthLoginHandler):
     async def get(self):
+        if not self.authenticator.oidc_enabled:
+            raise web.HTTPError(404, "OpenID login is not configured on this hub.")
         try:
             # Endpoints come from the discovery document, fetched once (and shared) on first use.
             await self.authenticator.oidc_ready()
         except XnatOAuthError as e:
             self.log.error("OpenID login cannot start: %s", e)
             raise web.HTTPError(e.status_code, e.user_message) from None
-        self._xnat_nonce = secrets.token_urlsafe(32)
-        super().get()
-
-    def set_state_cookie(self, state_cookie_value):
-        state = _deserialize_state(state_cookie_value)
-        state["nonce"] = self._xnat_nonce
-        super().set_state_cookie(_serialize_state(state))
+        self.xnat_nonce = secrets.token_urlsafe(32)
+        self.set_secure_cookie(
+            LOGIN_COOKIE,
+            self.xnat_nonce,
+            expires=time.time() + LOGIN_COOKIE_MAX_AGE,
+            **_cookie_kwargs(self),
+        )
+        result = super().get()
+        if isawaitable(result):  # sync in oauthenticator 17, may become async
+            await result
 
     def authorize_redirect(self, *args, extra_params=None, **kwargs):
         extra_params = dict(extra_params or {})
-        extra_params["nonce"] = self._xnat_nonce
+        extra_params["nonce"] = self.xnat_nonce
         return super().authorize_redirect(*args, extra_params=extra_params, **kwargs)
 
 
-def nonce_from_callback(handler) -> str | None:
-    """The nonce this browser's login started with (from the signed state cookie), or None."""
-    cookie = handler.get_state_cookie()
-    if not cookie:
+def pop_login_nonce(handler) -> str | None:
+    """The nonce this browser's login started with, or None; the cookie is cleared either way."""
+    raw = handler.get_secure_cookie(LOGIN_COOKIE, max_age_days=LOGIN_COOKIE_MAX_AGE / 86400)
+    handler.clear_cookie(LOGIN_COOKIE, path=handler.hub.base_url)
+    if not raw:
         return None
-    nonce = _deserialize_state(cookie).get("nonce")
-    return nonce if isinstance(nonce, str) and nonce else None
+    nonce = raw.decode("ascii", "replace")
+    return nonce or None
 
 
 class NonceRegistry:

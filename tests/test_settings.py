@@ -1,0 +1,438 @@
+"""In-process tests over the settings, in the style of oauthenticator's own ``test_generic.py``.
+
+The authenticator runs in this process and is driven through JupyterHub's outer API
+(``get_authenticated_user``, ``refresh_user``) exactly as the hub drives it; its peers are real:
+the XNAT emulator and the test-controlled OpenID provider, both on 127.0.0.1. Only the request
+handler and the user are stand-ins, carrying what JupyterHub would hand over (the callback's
+``code`` and cookies, the user's encrypted-then-decrypted auth_state).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from jupyterhub.crypto import CryptKeeper
+from oauthenticator.oauth2 import _serialize_state  # the state cookie's format, as the hub writes it
+from tornado import web
+from traitlets.config import Config
+
+from tests.world.rogue_idp import RogueIdP, pkce_pair
+from xnat_oauth import XnatOAuthenticator
+from xnat_oauth.oidc.handlers import LOGIN_COOKIE
+
+PROVIDER_ID = "inproc"
+PASSWORD = "correct horse battery staple"
+CALLBACK = "http://127.0.0.1:1/hub/oauth_callback"
+
+
+@pytest.fixture(autouse=True)
+def crypt_key(monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", secrets.token_hex(32))
+    CryptKeeper.clear_instance()
+    yield
+    CryptKeeper.clear_instance()
+
+
+@pytest.fixture(scope="module")
+def provider():
+    with RogueIdP(client_id="inproc-client") as idp:
+        yield idp
+
+
+@pytest.fixture
+def idp(provider, xnat):
+    provider.reset()
+    provider.issue_refresh_token = False
+    xnat.enable_bearer(
+        PROVIDER_ID, issuer=provider.issuer, jwks_url=provider.url("/jwks"), accepted_audiences=[provider.client_id]
+    )
+    yield provider
+    provider.reset()
+
+
+def make_authenticator(xnat, *, oidc: RogueIdP | None = None, **settings) -> XnatOAuthenticator:
+    c = Config()
+    c.XnatOAuthenticator.xnat_url = xnat.url
+    c.XnatOAuthenticator.xnat_timeout = 2.0
+    if oidc is not None:
+        c.XnatOAuthenticator.oidc_issuer = oidc.issuer
+        c.XnatOAuthenticator.xnat_provider_id = PROVIDER_ID
+        c.XnatOAuthenticator.client_id = oidc.client_id
+        c.XnatOAuthenticator.client_secret = oidc.client_secret
+        c.XnatOAuthenticator.oauth_callback_url = CALLBACK
+        c.XnatOAuthenticator.xnat_exchange_token = "id_token"
+    for key, value in settings.items():
+        setattr(c.XnatOAuthenticator, key, value)
+    auth = XnatOAuthenticator(config=c)
+    auth.check_allow_config()
+    return auth
+
+
+# -- stand-ins for what JupyterHub hands the authenticator ------------------------------------
+
+
+class FormHandler:
+    """A POST to /hub/login as the authenticator sees it."""
+
+    def __init__(self, address: str = "127.0.0.1"):
+        self.request = SimpleNamespace(remote_ip=address)
+
+
+class CallbackHandler:
+    """A GET of /hub/oauth_callback: the code in the URL, the login's cookies in the browser."""
+
+    def __init__(self, code: str, verifier: str, nonce: str | None):
+        self.hub = SimpleNamespace(base_url="/hub/")
+        self._args = {"code": code}
+        self._state = _serialize_state({"state_id": "s", "next_url": None, "code_verifier": verifier})
+        self._cookies = {LOGIN_COOKIE: nonce.encode()} if nonce else {}
+
+    def get_argument(self, name, default=None):
+        return self._args.get(name, default)
+
+    def get_state_cookie(self):
+        return self._state
+
+    def get_secure_cookie(self, name, max_age_days=None):
+        return self._cookies.get(name)
+
+    def clear_cookie(self, name, **kwargs):
+        self._cookies.pop(name, None)
+
+
+@dataclass
+class HubUser:
+    """What refresh_user sees of a hub user: a name and its auth_state."""
+
+    name: str
+    auth_state: dict | None
+    saved: list[dict] = field(default_factory=list)
+
+    async def get_auth_state(self):
+        return self.auth_state
+
+    async def save_auth_state(self, auth_state):
+        self.saved.append(auth_state)
+        self.auth_state = auth_state
+
+
+async def callback_from_provider(idp: RogueIdP) -> CallbackHandler:
+    """Authorize at the provider as the hub's login handler would; the callback it sends back."""
+    verifier, challenge = pkce_pair()
+    nonce = secrets.token_urlsafe(16)
+    async with httpx.AsyncClient(trust_env=False) as http:
+        answer = await http.get(
+            idp.url("/authorize"),
+            params={
+                "response_type": "code",
+                "client_id": idp.client_id,
+                "redirect_uri": CALLBACK,
+                "scope": "openid profile email",
+                "state": "s",
+                "nonce": nonce,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+            },
+        )
+    assert answer.status_code == 302, answer.text
+    code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
+    return CallbackHandler(code, verifier, nonce)
+
+
+def add_password_user(xnat, name="alice", roles=("Jupyter",)) -> str:
+    xnat.add_user(name, PASSWORD, roles=list(roles))
+    return name
+
+
+def add_openid_user(xnat, idp, roles=("Jupyter",)) -> str:
+    name = f"{PROVIDER_ID}_{idp.account['sub']}"
+    xnat.add_user(name, None, roles=list(roles))
+    return name
+
+
+def valid_tokens(xnat, name) -> list[dict]:
+    return [t for t in xnat.tokens_of(name) if xnat.token_owner(t["alias"], t["secret"]) == name]
+
+
+async def password_login(auth, name, password=PASSWORD):
+    return await auth.get_authenticated_user(FormHandler(), {"username": name, "password": password})
+
+
+async def refused(coro) -> web.HTTPError:
+    with pytest.raises(web.HTTPError) as info:
+        await coro
+    return info.value
+
+
+# -- check_xnat_jupyter_permission with JupyterHub's allow rules -------------------------------
+
+
+@pytest.mark.parametrize(
+    "check_jupyter, roles, rules, admitted",
+    [
+        (True, ["Jupyter"], {}, True),
+        (True, [], {}, False),
+        (True, [], {"allowed_users": {"alice"}}, False),  # XNAT's rule is checked at login
+        (False, [], {}, False),
+        (False, [], {"allowed_users": {"alice"}}, True),
+        (False, [], {"allowed_users": {"bob"}}, False),
+        (False, [], {"allow_all": True}, True),
+        (False, ["Jupyter"], {}, False),  # without the check, the role grants nothing
+    ],
+)
+async def test_xnat_jupyter_permission_and_allow_rules(xnat, check_jupyter, roles, rules, admitted):
+    name = add_password_user(xnat, roles=roles)
+    auth = make_authenticator(xnat, check_xnat_jupyter_permission=check_jupyter, **rules)
+    if admitted:
+        model = await password_login(auth, name)
+        assert model["name"] == name
+        assert model["auth_state"]["xnat"]["username"] == name
+        assert len(valid_tokens(xnat, name)) == 1
+    else:
+        err = await refused(password_login(auth, name))
+        assert err.status_code == 403
+        assert valid_tokens(xnat, name) == [], "a refused login left a valid XNAT token"
+
+
+async def test_password_login_off_refuses_the_form_without_asking_xnat(xnat, idp):
+    name = add_password_user(xnat)
+    auth = make_authenticator(xnat, oidc=idp, password_login=False, allow_all=True)
+    err = await refused(password_login(auth, name))
+    assert err.status_code == 403 and "disabled" in err.jupyterhub_message
+    assert xnat.count() == 0
+
+
+def test_password_login_off_without_a_provider_does_not_start(xnat):
+    with pytest.raises(SystemExit, match="Nothing to log in with"):
+        make_authenticator(xnat, password_login=False)
+
+
+async def test_password_login_off_still_logs_in_with_openid(xnat, idp):
+    name = add_openid_user(xnat, idp)
+    auth = make_authenticator(xnat, oidc=idp, password_login=False)
+    model = await auth.get_authenticated_user(await callback_from_provider(idp), None)
+    assert model["name"] == name
+    assert model["auth_state"]["xnat"]["source"] == "bearer"
+
+
+# -- admin_users, blocked_users ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("admin_users, is_admin", [({"alice"}, True), (set(), False), ({"bob"}, False)])
+async def test_admin_users(xnat, admin_users, is_admin):
+    name = add_password_user(xnat)
+    auth = make_authenticator(xnat, admin_users=admin_users)
+    model = await password_login(auth, name)
+    # JupyterHub's None means "leave the admin flag as it is": not an admin for a new user
+    assert (model["admin"] is True) is is_admin
+
+
+@pytest.mark.parametrize("path", ["password", "openid"])
+async def test_blocked_users_are_refused_and_their_token_invalidated(xnat, idp, path):
+    if path == "password":
+        name = add_password_user(xnat)
+        auth = make_authenticator(xnat, blocked_users={name})
+        attempt = password_login(auth, name)
+    else:
+        name = add_openid_user(xnat, idp)
+        auth = make_authenticator(xnat, oidc=idp, blocked_users={name})
+        attempt = auth.get_authenticated_user(await callback_from_provider(idp), None)
+    err = await refused(attempt)
+    assert err.status_code == 403
+    assert xnat.count("tokens.issue") == 1, "the login did get an XNAT token"
+    assert xnat.count("tokens.invalidate") == 1
+    assert valid_tokens(xnat, name) == []
+
+
+# -- manage_groups, allowed_groups ---------------------------------------------------------
+
+
+def groups_from_xnat_source(auth_state):
+    return [f"xnat-{auth_state['xnat']['source']}"]
+
+
+@pytest.mark.parametrize(
+    "allowed_groups, admitted", [({"xnat-password"}, True), ({"xnat-bearer"}, False), (set(), False)]
+)
+async def test_manage_groups_and_allowed_groups(xnat, allowed_groups, admitted):
+    name = add_password_user(xnat, roles=[])
+    auth = make_authenticator(
+        xnat,
+        check_xnat_jupyter_permission=False,
+        manage_groups=True,
+        auth_state_groups_key=groups_from_xnat_source,
+        allowed_groups=allowed_groups,
+    )
+    if admitted:
+        model = await password_login(auth, name)
+        assert model["groups"] == ["xnat-password"]
+    else:
+        assert (await refused(password_login(auth, name))).status_code == 403
+        assert xnat.count("tokens.issue") == 1 and valid_tokens(xnat, name) == []
+
+
+async def test_manage_groups_on_openid_logins_reads_the_claims(xnat, idp):
+    idp.account["groups"] = ["radiology", "staff"]
+    name = add_openid_user(xnat, idp)
+    auth = make_authenticator(xnat, oidc=idp, manage_groups=True, auth_state_groups_key="oauth_user.groups")
+    model = await auth.get_authenticated_user(await callback_from_provider(idp), None)
+    assert model["name"] == name and model["groups"] == ["radiology", "staff"]
+
+
+# -- modify_auth_state_hook ------------------------------------------------------------------
+
+
+def sync_hook(authenticator, auth_state):
+    return {**auth_state, "site": "imaging-centre"}
+
+
+async def async_hook(authenticator, auth_state):
+    return {**auth_state, "site": "imaging-centre"}
+
+
+@pytest.mark.parametrize("hook", [sync_hook, async_hook], ids=["sync", "async"])
+@pytest.mark.parametrize("path", ["password", "openid"])
+async def test_modify_auth_state_hook(xnat, idp, hook, path):
+    if path == "password":
+        name = add_password_user(xnat)
+        auth = make_authenticator(xnat, modify_auth_state_hook=hook)
+        model = await password_login(auth, name)
+    else:
+        name = add_openid_user(xnat, idp)
+        auth = make_authenticator(xnat, oidc=idp, modify_auth_state_hook=hook)
+        model = await auth.get_authenticated_user(await callback_from_provider(idp), None)
+    assert model["auth_state"]["site"] == "imaging-centre"
+    assert model["auth_state"]["xnat"]["username"] == name
+
+
+async def test_a_failing_modify_auth_state_hook_refuses_the_login(xnat):
+    name = add_password_user(xnat)
+
+    def broken(authenticator, auth_state):
+        raise RuntimeError("site hook failed")
+
+    auth = make_authenticator(xnat, modify_auth_state_hook=broken)
+    with pytest.raises(RuntimeError):
+        await password_login(auth, name)
+
+
+# -- refresh_user and refresh_user_hook ------------------------------------------------------
+
+
+async def logged_in(auth, xnat, name) -> HubUser:
+    model = await password_login(auth, name)
+    return HubUser(name, model["auth_state"])
+
+
+@pytest.mark.parametrize("answer", [True, False])
+async def test_refresh_user_hook_decides_when_it_answers(xnat, answer):
+    name = add_password_user(xnat)
+    seen = []
+
+    def hook(authenticator, user, auth_state):
+        seen.append((user.name, auth_state["xnat"]["username"]))
+        return answer
+
+    auth = make_authenticator(xnat, refresh_user_hook=hook)
+    user = await logged_in(auth, xnat, name)
+    xnat.reset()
+    assert await auth.refresh_user(user) is answer
+    assert seen == [(name, name)]
+    assert xnat.count() == 0, "the hook's answer is final: XNAT is not asked"
+
+
+async def test_refresh_user_hook_returning_none_leaves_the_xnat_check(xnat):
+    name = add_password_user(xnat)
+    auth = make_authenticator(xnat, refresh_user_hook=lambda a, u, s: None)
+    user = await logged_in(auth, xnat, name)
+    (token,) = valid_tokens(xnat, name)
+    model = await auth.refresh_user(user)
+    assert model["auth_state"]["xnat"]["token"]["alias"] == token["alias"]
+    xnat.revoke_token(token["alias"])
+    assert await auth.refresh_user(user) is False
+
+
+async def test_refresh_keeps_a_valid_token_and_asks_for_login_near_expiry(xnat):
+    name = add_password_user(xnat)
+    auth = make_authenticator(xnat)
+    user = await logged_in(auth, xnat, name)
+    model = await auth.refresh_user(user)
+    assert model["name"] == name
+    assert model["auth_state"]["xnat"] == user.auth_state["xnat"]
+    auth.xnat_token_refresh_margin = 10 * 86400  # longer than any XNAT token lives
+    assert await auth.refresh_user(user) is False
+
+
+async def test_refresh_of_an_auth_state_from_elsewhere_asks_for_login(xnat):
+    auth = make_authenticator(xnat)
+    for state in (None, {}, {"xnat": {"version": 99}}, {"token_response": {"access_token": "x"}}):
+        assert await auth.refresh_user(HubUser("alice", state)) is False
+
+
+# -- refresh through the provider's refresh token --------------------------------------------
+
+
+async def openid_user_with_refresh_token(xnat, idp, **settings):
+    idp.issue_refresh_token = True
+    name = add_openid_user(xnat, idp)
+    auth = make_authenticator(xnat, oidc=idp, **settings)
+    model = await auth.get_authenticated_user(await callback_from_provider(idp), None)
+    assert model["auth_state"]["refresh_token"]
+    return auth, HubUser(name, model["auth_state"])
+
+
+async def test_refresh_renews_the_xnat_token_through_the_refresh_token(xnat, idp):
+    auth, user = await openid_user_with_refresh_token(xnat, idp)
+    (old,) = valid_tokens(xnat, user.name)
+    auth.xnat_token_refresh_margin = 10 * 86400  # every XNAT token is "about to expire"
+    model = await auth.refresh_user(user)
+    assert model["name"] == user.name
+    new = model["auth_state"]["xnat"]["token"]
+    assert new["alias"] != old["alias"]
+    assert [t["alias"] for t in valid_tokens(xnat, user.name)] == [new["alias"]], "the old token lives on"
+    assert user.saved and user.saved[-1]["xnat"]["token"]["alias"] == new["alias"], "stored before the old died"
+
+
+async def test_concurrent_refreshes_of_one_user_make_one_refresh(xnat, idp):
+    import asyncio
+
+    auth, user = await openid_user_with_refresh_token(xnat, idp)
+    auth.xnat_token_refresh_margin = 10 * 86400
+    tokens_before = idp.counts["token"]
+    results = await asyncio.gather(*(auth.refresh_user(user) for _ in range(20)))
+    assert idp.counts["token"] - tokens_before == 1, "one refresh grant for 20 requests"
+    assert len({r["auth_state"]["xnat"]["token"]["alias"] for r in results}) == 1
+    assert len(valid_tokens(xnat, user.name)) == 1, "no XNAT token minted and left behind"
+
+
+async def test_refresh_refused_by_the_provider_asks_for_login(xnat, idp):
+    auth, user = await openid_user_with_refresh_token(xnat, idp)
+    auth.xnat_token_refresh_margin = 10 * 86400
+    idp._refresh_tokens.clear()  # the provider revoked the grant: invalid_grant
+    assert await auth.refresh_user(user) is False
+    assert len(valid_tokens(xnat, user.name)) == 1
+
+
+async def test_refresh_with_the_provider_down_asks_for_login_not_a_500(xnat):
+    with RogueIdP(client_id="inproc-client") as own:
+        xnat.enable_bearer(
+            PROVIDER_ID, issuer=own.issuer, jwks_url=own.url("/jwks"), accepted_audiences=[own.client_id]
+        )
+        auth, user = await openid_user_with_refresh_token(xnat, own)
+    # the provider is gone (connection refused) when the XNAT token needs renewing
+    auth.xnat_token_refresh_margin = 10 * 86400
+    assert await auth.refresh_user(user) is False
+    assert len(valid_tokens(xnat, user.name)) == 1
+
+
+async def test_a_refresh_that_returns_someone_else_is_refused(xnat, idp):
+    auth, user = await openid_user_with_refresh_token(xnat, idp)
+    auth.xnat_token_refresh_margin = 10 * 86400
+    other = HubUser("somebody_else", user.auth_state)
+    assert await auth.refresh_user(other) is False
+    assert len(valid_tokens(xnat, user.name)) == 1, "the new token of the refused refresh was invalidated"

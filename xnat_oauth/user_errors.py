@@ -1,0 +1,122 @@
+"""Turning what went wrong in a login into a page for the user and a line for the admin.
+
+Each login path wraps its I/O in one of the context managers here: typed errors become
+``web.HTTPError`` with a message for the user (never a 500, never a secret), and the admin's log
+gets the reason. Anything unexpected still propagates: it is a bug, not a refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from typing import Iterator
+
+from tornado import web
+from tornado.httpclient import HTTPClientError
+
+from .errors import (
+    LoginThrottled,
+    NotAllowedJupyter,
+    XnatAuthError,
+    XnatForbidden,
+    XnatOAuthError,
+    XnatUnavailable,
+)
+from .oidc.errors import IdTokenError, ProviderUnavailable
+from .xnat_login import UsernameMismatch
+
+BEARER_REFUSED_HELP = (
+    "XNAT refused the identity provider's token. On the XNAT side, XNAT's OpenID plugin (1.6 or "
+    "later) must accept Bearer tokens for this provider: set openid.{p}.bearer.enabled=true and add "
+    "this hub's client id to openid.{p}.audCheck.acceptedAudiences. Or set "
+    "c.XnatOAuthenticator.xnat_token_exchange = 'off'."
+)
+
+PROVIDER_FAILED = "The identity provider refused or failed the login. Please try again."
+PROVIDER_UNAVAILABLE = (
+    "The identity provider is unavailable at the moment. Please try again in a few minutes."
+)
+
+# What a provider that cannot be reached raises through tornado's client: refused connections,
+# DNS failures and TLS failures are OSErrors (ssl.SSLError is one), timeouts tornado's 599.
+_NETWORK_ERRORS = (OSError, asyncio.TimeoutError)
+
+
+def user_error(status: int, message: str) -> web.HTTPError:
+    """An error page for the user that tornado does not log again.
+
+    tornado logs an HTTPError's message with the request URI, and on the OAuth callback the URI
+    carries the authorization code. Every caller here has already logged what the admin needs.
+    """
+    err = web.HTTPError(status)
+    err.jupyterhub_message = message  # JupyterHub's error page shows this to the user
+    return err
+
+
+def short(s: str) -> str:
+    """A username field as it may appear in a log: a pasted password must not."""
+    return s if len(s) <= 32 else f"{s[:16]}...({len(s)} chars)"
+
+
+@contextlib.contextmanager
+def password_login_errors(log: logging.Logger | logging.LoggerAdapter, username: str) -> Iterator[None]:
+    try:
+        yield
+    except LoginThrottled as e:
+        log.warning("XNAT password login: %s", e)
+        raise user_error(e.status_code, e.user_message) from None
+    except XnatAuthError as e:
+        log.warning("XNAT password login refused for %r: %s", short(username), e)
+        raise user_error(403, XnatAuthError.user_message) from None
+    except NotAllowedJupyter as e:
+        log.warning("XNAT password login: %s", e)
+        raise user_error(403, e.user_message) from None
+    except XnatUnavailable as e:
+        log.error("XNAT password login failed, XNAT unavailable: %s", e)
+        raise user_error(503, XnatUnavailable.user_message) from None
+    except XnatOAuthError as e:
+        log.error("XNAT password login failed: %s", e)
+        raise user_error(e.status_code, e.user_message) from None
+
+
+@contextlib.contextmanager
+def oidc_login_errors(log: logging.Logger | logging.LoggerAdapter, provider_id: str) -> Iterator[None]:
+    try:
+        yield
+    except IdTokenError as e:
+        log.warning("OpenID login refused, ID token %s: %s", e.reason, e)
+        raise user_error(403, e.user_message) from None
+    except UsernameMismatch as e:
+        log.error("OpenID login refused: %s", e)
+        raise user_error(403, e.user_message) from None
+    except (XnatAuthError, XnatForbidden) as e:
+        log.error("XNAT refused the Bearer token exchange: %s", e)
+        raise user_error(403, BEARER_REFUSED_HELP.format(p=provider_id)) from None
+    except XnatUnavailable as e:
+        log.error("OpenID login failed, XNAT unavailable: %s", e)
+        raise user_error(503, XnatUnavailable.user_message) from None
+    except ProviderUnavailable as e:
+        log.error("OpenID login failed, provider unavailable: %s", e)
+        raise user_error(503, PROVIDER_UNAVAILABLE) from None
+    except XnatOAuthError as e:  # claims, provider configuration, Jupyter permission
+        log.warning("OpenID login refused: %s", e)
+        raise user_error(e.status_code, e.user_message) from None
+    except HTTPClientError as e:
+        # oauthenticator has logged the provider's answer (without the request body)
+        code = e.code or 599
+        log.error("OpenID provider answered %s during login", code)
+        if code >= 500:
+            raise user_error(503, PROVIDER_UNAVAILABLE) from None
+        raise user_error(403, PROVIDER_FAILED) from None
+    except web.HTTPError as e:
+        if e.status_code < 500:
+            raise
+        # oauthenticator's "Bad response: {token_info}" would echo the provider's answer
+        log.error("OpenID provider's token response was unusable (HTTP %s from oauthenticator)", e.status_code)
+        raise user_error(503, PROVIDER_UNAVAILABLE) from None
+    except _NETWORK_ERRORS as e:
+        kind = "TLS" if isinstance(e, ssl.SSLError) else type(e).__name__
+        log.error("OpenID provider unreachable during login (%s)", kind)
+        raise user_error(503, PROVIDER_UNAVAILABLE) from None
