@@ -183,8 +183,6 @@ def xnat_config(
         "client_id": client.id,
         "client_secret": client.secret,
         "oauth_callback_url": client.callback_url,
-        # the provider's access tokens are opaque; XNAT's plugin verifies the ID token
-        "xnat_exchange_token": "id_token",
         "check_xnat_jupyter_permission": check_permission,
         "allow_all": True,
     }

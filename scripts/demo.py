@@ -74,8 +74,6 @@ c.XnatOAuthenticator.oidc_issuer = {idp.issuer!r}
 c.XnatOAuthenticator.client_id = {client_id!r}
 c.XnatOAuthenticator.client_secret = {client_secret!r}
 c.XnatOAuthenticator.oauth_callback_url = {hub_url + "/hub/oauth_callback"!r}
-# The local provider's access tokens are opaque; its ID tokens are JWTs XNAT can verify.
-c.XnatOAuthenticator.xnat_exchange_token = "id_token"
 c.JupyterHub.default_url = "/hub/home"
 """
 

@@ -92,7 +92,6 @@ def world(oidc_aaf, xnat_site, tmp_path_factory):
         tmp_path_factory,
         "aaf",
         "aaf",
-        xnat_exchange_token="id_token",
         scope=["openid", "profile", "email", "eduperson_principal_name", "eduperson_scoped_affiliation"],
     )
     workdir = tmp_path_factory.mktemp("hub-browser")

@@ -33,3 +33,34 @@ def test_mkdocs_build_strict(tmp_path):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "site" / "reference" / "configuration" / "index.html").exists()
+
+
+def _properties_blocks(page: str) -> list[dict[str, str]]:
+    import re
+
+    blocks = re.findall(r"```properties\n(.*?)```", (REPO / "docs" / page).read_text(), re.S)
+    return [dict(line.split("=", 1) for line in b.strip().splitlines()) for b in blocks]
+
+
+def test_the_xnat_side_snippets_match_the_presets_and_name_every_required_setting():
+    """Each preset's snippet: the exact issuer the hub verifies, its JWKS URL, and every
+    property XNAT's Bearer path needs (a provider without issuer or jwksUri is refused)."""
+    from xnat_oauth.identity import UsernamePattern
+    from xnat_oauth.oidc.presets import PRESETS
+
+    jwks = {
+        "aaf": "https://central.aaf.edu.au/oidc/jwks",
+        "google": "https://www.googleapis.com/oauth2/v3/certs",
+        "mylogin": None,
+    }
+    blocks = {next(iter(b)).split(".")[1]: b for b in _properties_blocks("xnat-side.md")}
+    assert set(blocks) == set(jwks)
+    for pid, props in blocks.items():
+        for key in ("bearer.enabled", "issuer", "jwksUri", "audCheck.acceptedAudiences", "usernamePattern",
+                    "bearer.forceUserCreate"):
+            assert f"openid.{pid}.{key}" in props, (pid, key)
+        assert props[f"openid.{pid}.bearer.enabled"] == "true"
+        UsernamePattern(props[f"openid.{pid}.usernamePattern"])  # one the hub accepts too
+        if pid in PRESETS:
+            assert props[f"openid.{pid}.issuer"] == PRESETS[pid].issuer
+            assert props[f"openid.{pid}.jwksUri"] == jwks[pid]

@@ -10,16 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xnat_oauth.errors import ConfigError
+from xnat_oauth.oidc.errors import InvalidXnatUsername
 from xnat_oauth.identity import (
     DEFAULT_USERNAME_PATTERN,
     ClaimNotAllowed,
     MissingClaim,
     UnusableClaim,
-    UnverifiedEmail,
     UsernamePattern,
     check_aaf_claims,
+    check_xnat_username,
     check_hosted_domain,
-    require_verified_email,
     sanitize_username,
 )
 
@@ -57,9 +57,9 @@ def test_eppn_pattern_replaces_the_at_sign():
     assert pattern.render(claims, "aaf") == "aaf_Jane.Doe_uq.edu.au"
 
 
-def test_email_pattern_keeps_apostrophe_dot_and_case_replaces_the_rest():
-    pattern = UsernamePattern("[email]")
-    claims = {"email": "J.O'Neil+xnat@Example.org", "email_verified": True}
+def test_an_address_claim_keeps_apostrophe_dot_and_case_replaces_the_rest():
+    pattern = UsernamePattern("[upn]")
+    claims = {"upn": "J.O'Neil+xnat@Example.org"}
     assert pattern.render(claims, "google") == "J.O'Neil_xnat_Example.org"
 
 
@@ -86,7 +86,7 @@ def test_uri_named_claims_are_placeholders():
 
 def test_claims_lists_the_claims_a_pattern_needs():
     assert UsernamePattern().claims == ("sub",)
-    assert UsernamePattern("[providerId]_[email]_[sub]").claims == ("email", "sub")
+    assert UsernamePattern("[providerId]_[upn]_[sub]").claims == ("upn", "sub")
 
 
 # -- missing and unusable claims ---------------------------------------------------------------
@@ -163,31 +163,47 @@ def test_pattern_must_be_a_string():
         UsernamePattern(["[sub]"])  # type: ignore[arg-type]
 
 
-# -- email ----------------------------------------------------------------------------------------
+# -- the plugin's placeholder syntax and XNAT's username rule --------------------------------
 
 
-def test_email_pattern_requires_verified_email_where_the_provider_says_so():
-    pattern = UsernamePattern("[email]")
-    with pytest.raises(UnverifiedEmail):
-        pattern.render({"email": "a@b.org", "email_verified": False}, "google", email_requires_verified=True)
-    with pytest.raises(UnverifiedEmail):
-        pattern.render({"email": "a@b.org"}, "google", email_requires_verified=True)
-    assert pattern.render(
-        {"email": "a@b.org", "email_verified": "true"}, "google", email_requires_verified=True
-    ) == "a_b.org"
+@pytest.mark.parametrize("name", ["email", "username", "firstName", "lastName"])
+def test_placeholders_the_plugin_never_fills_are_refused_at_config_time(name):
+    with pytest.raises(ConfigError) as err:
+        UsernamePattern(f"[providerId]_[{name}]")
+    assert f"never fills [{name}]" in str(err.value)
 
 
-def test_verified_email_is_not_demanded_when_the_pattern_does_not_use_email():
-    claims = {"sub": "s", "email_verified": False}
-    assert UsernamePattern().render(claims, "google", email_requires_verified=True) == "google_s"
+@pytest.mark.parametrize("name", ["given+name", "café", "a,b", "x=y"])
+def test_placeholders_outside_the_plugins_syntax_are_refused(name):
+    with pytest.raises(ConfigError, match="not a placeholder XNAT's OpenID plugin recognises"):
+        UsernamePattern(f"[providerId]_[{name}]")
 
 
-def test_require_verified_email():
-    assert require_verified_email({"email": "a@b.org", "email_verified": True}) == "a@b.org"
-    with pytest.raises(MissingClaim):
-        require_verified_email({"email_verified": True})
-    with pytest.raises(UnverifiedEmail):
-        require_verified_email({"email": "a@b.org", "email_verified": "yes"})
+@pytest.mark.parametrize("name", ["preferred_username", "https://example.org/upn", "urn:oid:1.3.6", "a-b.c_d"])
+def test_placeholders_in_the_plugins_syntax_are_accepted(name):
+    assert UsernamePattern(f"[providerId]_[{name}]").claims == (name,)
+
+
+@pytest.mark.parametrize("name", ["a", "aaf_YAdr3eQ", "o'brien", "j.smith-2", "x" * 64])
+def test_names_xnat_can_have(name):
+    assert check_xnat_username(name) == name
+
+
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("", "empty"),
+        ("1234567890", "does not start with a letter"),
+        ("_alice", "does not start with a letter"),
+        ("a" * 65, "65 characters"),
+        ("ébé", "does not start with a letter"),
+    ],
+)
+def test_names_xnat_cannot_have_say_why(name, why):
+    with pytest.raises(InvalidXnatUsername) as err:
+        check_xnat_username(name)
+    assert why in str(err.value) and why in err.value.user_message
+    assert err.value.status_code == 403
 
 
 # -- AAF authorisation ----------------------------------------------------------------------------
@@ -205,29 +221,29 @@ def test_no_aaf_rules_admit_everyone():
 
 
 def test_scoped_affiliation_matches_without_case():
-    check_aaf_claims(AAF_CLAIMS, allowed_scoped_affiliations=["Staff@UQ.edu.au"])
+    check_aaf_claims(AAF_CLAIMS, required_scoped_affiliations=["Staff@UQ.edu.au"])
     with pytest.raises(ClaimNotAllowed) as err:
-        check_aaf_claims(AAF_CLAIMS, allowed_scoped_affiliations=["student@uq.edu.au"])
+        check_aaf_claims(AAF_CLAIMS, required_scoped_affiliations=["student@uq.edu.au"])
     assert err.value.claim == "edu_person_scoped_affiliation"
     assert err.value.status_code == 403
 
 
 def test_entitlement_matches_exactly_and_may_be_a_single_string():
-    check_aaf_claims(AAF_CLAIMS, allowed_entitlements=["urn:mace:aaf.edu.au:ide:research:xnat"])
+    check_aaf_claims(AAF_CLAIMS, required_entitlements=["urn:mace:aaf.edu.au:ide:research:xnat"])
     with pytest.raises(ClaimNotAllowed):
-        check_aaf_claims(AAF_CLAIMS, allowed_entitlements=["URN:MACE:AAF.EDU.AU:IDE:RESEARCH:XNAT"])
+        check_aaf_claims(AAF_CLAIMS, required_entitlements=["URN:MACE:AAF.EDU.AU:IDE:RESEARCH:XNAT"])
 
 
 def test_home_organisation():
-    check_aaf_claims(AAF_CLAIMS, allowed_home_organisations=["monash.edu", "UQ.edu.au"])
+    check_aaf_claims(AAF_CLAIMS, required_home_organisations=["monash.edu", "UQ.edu.au"])
     with pytest.raises(ClaimNotAllowed):
-        check_aaf_claims(AAF_CLAIMS, allowed_home_organisations=["monash.edu"])
+        check_aaf_claims(AAF_CLAIMS, required_home_organisations=["monash.edu"])
 
 
 def test_a_single_string_rule_is_one_value_not_its_letters():
     with pytest.raises(ClaimNotAllowed):
-        check_aaf_claims({"schac_home_organization": "u"}, allowed_home_organisations="uq.edu.au")
-    check_aaf_claims(AAF_CLAIMS, allowed_home_organisations="uq.edu.au")
+        check_aaf_claims({"schac_home_organization": "u"}, required_home_organisations="uq.edu.au")
+    check_aaf_claims(AAF_CLAIMS, required_home_organisations="uq.edu.au")
     with pytest.raises(ClaimNotAllowed):
         check_hosted_domain({"hd": "e"}, "example.org")
 
@@ -236,21 +252,21 @@ def test_rules_combine_with_and():
     with pytest.raises(ClaimNotAllowed) as err:
         check_aaf_claims(
             AAF_CLAIMS,
-            allowed_scoped_affiliations=["staff@uq.edu.au"],
-            allowed_home_organisations=["monash.edu"],
+            required_scoped_affiliations=["staff@uq.edu.au"],
+            required_home_organisations=["monash.edu"],
         )
     assert err.value.claim == "schac_home_organization"
 
 
 def test_unreleased_aaf_claim_is_a_missing_claim():
     with pytest.raises(MissingClaim) as err:
-        check_aaf_claims({"sub": AAF_SUB}, allowed_entitlements=["urn:x"])
+        check_aaf_claims({"sub": AAF_SUB}, required_entitlements=["urn:x"])
     assert err.value.claim == "edu_person_entitlement"
 
 
 def test_malformed_aaf_claim_is_refused():
     with pytest.raises(UnusableClaim):
-        check_aaf_claims({"schac_home_organization": 42}, allowed_home_organisations=["uq.edu.au"])
+        check_aaf_claims({"schac_home_organization": 42}, required_home_organisations=["uq.edu.au"])
 
 
 # -- Google hosted domain -------------------------------------------------------------------------

@@ -76,8 +76,8 @@ def aaf_world(oidc_aaf, xnat_emulator_session, tmp_path_factory):
         tmp_path_factory,
         "aaf",
         "aaf",
-        # oidc-provider's access tokens are opaque; its ID tokens are JWTs XNAT can verify.
-        xnat_exchange_token="id_token",
+        # oidc-provider's access tokens are opaque, as Google's: the default exchange (the ID
+        # token) is what XNAT can verify
         scope=["openid", "profile", "email", "eduperson_principal_name",
                "eduperson_scoped_affiliation", "offline_access"],
     )
@@ -155,8 +155,8 @@ async def test_refresh_never_crashes_on_a_password_auth_state(aaf_world, aaf_use
 
 async def test_affiliation_rule_refuses_with_a_clear_page(oidc_aaf, xnat, tmp_path_factory):
     cfg, port, _ = make_world(
-        oidc_aaf, xnat, tmp_path_factory, "aaf", "aaf", xnat_exchange_token="id_token",
-        allowed_scoped_affiliations={"staff@example.edu.au"},
+        oidc_aaf, xnat, tmp_path_factory, "aaf", "aaf",
+        required_scoped_affiliations={"staff@example.edu.au"},
     )
     login = "aff" + secrets.token_hex(4)
     account = oidc_aaf.aaf_account(login, affiliation=("student@example.edu.au",))
@@ -181,13 +181,13 @@ async def test_affiliation_rule_refuses_with_a_clear_page(oidc_aaf, xnat, tmp_pa
 def google_world(oidc_google, xnat_emulator_session, tmp_path_factory):
     cfg, port, client_id = make_world(
         oidc_google, xnat_emulator_session, tmp_path_factory, "google", "google",
-        xnat_exchange_token="id_token", allowed_hosted_domains={"uni.example.edu"},
+        required_hosted_domains={"uni.example.edu"},
     )
     with running_hub(tmp_path_factory.mktemp("hub-google"), cfg, port=port) as hub:
         yield OidcWorld(oidc_google, xnat_emulator_session, hub, client_id, "google")
 
 
-async def test_google_login_with_the_allowed_hosted_domain(google_world, xnat):
+async def test_google_login_with_the_required_hosted_domain(google_world, xnat):
     login = "g" + secrets.token_hex(4)
     claims = google_world.provider.google_account(login, email=f"{login}@uni.example.edu", hd="uni.example.edu")
     name = f"google_{claims['sub']}"

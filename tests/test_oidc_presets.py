@@ -54,7 +54,6 @@ def test_google_preset():
     assert list(google.scopes) == ["openid", "email", "profile"]
     assert google.login_button_text == "Log in with Google"
     assert google.xnat_provider_id == "google"
-    assert google.email_requires_verified is True
 
 
 def test_google_has_no_entity_id_parameter():
@@ -87,7 +86,6 @@ def test_generic_preset_needs_a_provider_id():
     preset = generic_preset("https://login.example.org/", xnat_provider_id="keycloak")
     assert preset.discovery_url == "https://login.example.org/.well-known/openid-configuration"
     assert preset.accepted_issuers == ("https://login.example.org/",)
-    assert preset.email_requires_verified is True
     assert preset.xnat_provider_id == "keycloak"
 
 

@@ -43,8 +43,6 @@ def rogue_hub_config(rogue: RogueIdP, *, xnat_url: str, hub_url: str, **extra) -
         "client_id": rogue.client_id,
         "client_secret": rogue.client_secret,
         "oauth_callback_url": hub_url + "/hub/oauth_callback",
-        # the rogue provider's access tokens are opaque; XNAT's plugin verifies the ID token
-        "xnat_exchange_token": "id_token",
         "xnat_timeout": 2.0,
         **extra,
     }

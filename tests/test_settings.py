@@ -57,6 +57,7 @@ def idp(provider, xnat):
 
 def make_authenticator(xnat, *, oidc: RogueIdP | None = None, **settings) -> XnatOAuthenticator:
     c = Config()
+    c.XnatOAuthenticator.xnat_state_file = str(xnat.root / f"hub-state-{secrets.token_hex(4)}.sqlite")
     c.XnatOAuthenticator.xnat_url = xnat.url
     c.XnatOAuthenticator.xnat_timeout = 2.0
     if oidc is not None:
@@ -65,7 +66,6 @@ def make_authenticator(xnat, *, oidc: RogueIdP | None = None, **settings) -> Xna
         c.XnatOAuthenticator.client_id = oidc.client_id
         c.XnatOAuthenticator.client_secret = oidc.client_secret
         c.XnatOAuthenticator.oauth_callback_url = CALLBACK
-        c.XnatOAuthenticator.xnat_exchange_token = "id_token"
     for key, value in settings.items():
         setattr(c.XnatOAuthenticator, key, value)
     auth = XnatOAuthenticator(config=c)
@@ -121,7 +121,7 @@ class HubUser:
         self.auth_state = auth_state
 
 
-async def callback_from_provider(idp: RogueIdP) -> CallbackHandler:
+async def callback_from_provider(idp: RogueIdP, account: str | None = None) -> CallbackHandler:
     """Authorize at the provider as the hub's login handler would; the callback it sends back."""
     verifier, challenge = pkce_pair()
     nonce = secrets.token_urlsafe(16)
@@ -137,6 +137,7 @@ async def callback_from_provider(idp: RogueIdP) -> CallbackHandler:
                 "nonce": nonce,
                 "code_challenge": challenge,
                 "code_challenge_method": "S256",
+                **({"login_hint": account} if account else {}),
             },
         )
     assert answer.status_code == 302, answer.text
@@ -169,20 +170,21 @@ async def refused(coro) -> web.HTTPError:
     return info.value
 
 
-# -- check_xnat_jupyter_permission with JupyterHub's allow rules -------------------------------
+# -- admission: XNAT's Jupyter permission is one allow rule among JupyterHub's ---------------
 
 
 @pytest.mark.parametrize(
     "check_jupyter, roles, rules, admitted",
     [
         (True, ["Jupyter"], {}, True),
+        (True, ["Administrator"], {}, False),  # as the plugin: Administrator alone is not Jupyter
         (True, [], {}, False),
-        (True, [], {"allowed_users": {"alice"}}, False),  # XNAT's rule is checked at login
-        (False, [], {}, False),
+        (True, [], {"allowed_users": {"alice"}}, True),  # another rule grants
+        (True, [], {"allowed_users": {"bob"}}, False),
         (False, [], {"allowed_users": {"alice"}}, True),
         (False, [], {"allowed_users": {"bob"}}, False),
         (False, [], {"allow_all": True}, True),
-        (False, ["Jupyter"], {}, False),  # without the check, the role grants nothing
+        (False, ["Jupyter"], {"allowed_users": {"bob"}}, False),  # without the check, the role grants nothing
     ],
 )
 async def test_xnat_jupyter_permission_and_allow_rules(xnat, check_jupyter, roles, rules, admitted):
@@ -196,7 +198,25 @@ async def test_xnat_jupyter_permission_and_allow_rules(xnat, check_jupyter, role
     else:
         err = await refused(password_login(auth, name))
         assert err.status_code == 403
+        jupyter_said = "Jupyter" in err.jupyterhub_message
+        assert jupyter_said is check_jupyter, err.jupyterhub_message
         assert valid_tokens(xnat, name) == [], "a refused login left a valid XNAT token"
+
+
+@pytest.mark.parametrize("settings", [{"check_xnat_jupyter_permission": False}])
+def test_a_hub_that_could_admit_nobody_does_not_start(xnat, settings):
+    with pytest.raises(SystemExit, match="No login could ever be admitted.*allowed_users"):
+        make_authenticator(xnat, **settings)
+
+
+def test_openid_without_exchange_and_without_allow_rules_does_not_start(xnat, idp):
+    with pytest.raises(SystemExit, match="xnat_token_exchange is 'off'.*allowed_users"):
+        make_authenticator(xnat, oidc=idp, password_login=False, xnat_token_exchange="off")
+
+
+def test_openid_without_exchange_beside_password_login_warns(xnat, idp, caplog):
+    make_authenticator(xnat, oidc=idp, xnat_token_exchange="off")
+    assert "OpenID logins can never be admitted" in caplog.text
 
 
 async def test_password_login_off_refuses_the_form_without_asking_xnat(xnat, idp):
@@ -257,7 +277,7 @@ def groups_from_xnat_source(auth_state):
 
 
 @pytest.mark.parametrize(
-    "allowed_groups, admitted", [({"xnat-password"}, True), ({"xnat-bearer"}, False), (set(), False)]
+    "allowed_groups, admitted", [({"xnat-password"}, True), ({"xnat-bearer"}, False)]
 )
 async def test_manage_groups_and_allowed_groups(xnat, allowed_groups, admitted):
     name = add_password_user(xnat, roles=[])
@@ -436,3 +456,97 @@ async def test_a_refresh_that_returns_someone_else_is_refused(xnat, idp):
     other = HubUser("somebody_else", user.auth_state)
     assert await auth.refresh_user(other) is False
     assert len(valid_tokens(xnat, user.name)) == 1, "the new token of the refused refresh was invalidated"
+
+
+# -- identity: the login XNAT names, or the pattern's prediction without an exchange -----------
+
+
+async def openid_login(auth, idp, account=None):
+    return await auth.get_authenticated_user(await callback_from_provider(idp, account), None)
+
+
+async def test_the_default_exchange_works_with_opaque_access_tokens(xnat, idp):
+    name = add_openid_user(xnat, idp)
+    auth = make_authenticator(xnat, oidc=idp)
+    assert auth.xnat_exchange_token == "id_token"
+    model = await openid_login(auth, idp)
+    assert model["name"] == name
+    assert "." not in model["auth_state"]["access_token"], "the provider's access token is opaque"
+    identity = model["auth_state"]["xnat"]["identity"]
+    assert identity["auth_user"] == name and identity["sub"] == idp.account["sub"]
+
+
+async def test_without_exchange_allowed_users_admit_exactly_those(xnat, idp):
+    idp.accounts["other"] = {"sub": "OtherPerson42", "name": "Other"}
+    admitted = f"{PROVIDER_ID}_{idp.account['sub']}"
+    auth = make_authenticator(xnat, oidc=idp, xnat_token_exchange="off", allowed_users={admitted})
+    model = await openid_login(auth, idp)
+    assert model["name"] == admitted and model["auth_state"]["xnat"]["source"] == "none"
+    err = await refused(openid_login(auth, idp, "other"))
+    assert err.status_code == 403
+    assert xnat.count() == 0, "no exchange: XNAT is never called"
+
+
+@pytest.mark.parametrize(
+    "sub, why", [("1234567890", "does not start with a letter"), ("a" * 70, "more than 64")]
+)
+async def test_without_exchange_a_name_xnat_cannot_have_is_refused_saying_why(xnat, idp, sub, why):
+    idp.account["sub"] = sub
+    auth = make_authenticator(
+        xnat, oidc=idp, xnat_token_exchange="off", xnat_username_pattern="[sub]", allow_all=True
+    )
+    err = await refused(openid_login(auth, idp))
+    assert err.status_code == 403 and why in err.jupyterhub_message
+
+
+@pytest.mark.parametrize("exchange", ["off", "bearer"])
+async def test_two_subjects_rendering_one_name_never_share_an_account(xnat, idp, exchange):
+    idp.account["preferred_username"] = "alice@x"
+    idp.accounts["twin"] = {"sub": "TwinSubject", "preferred_username": "alice_x"}
+    pattern = "[providerId]_[preferred_username]"
+    name = f"{PROVIDER_ID}_alice_x"
+    xnat.add_user(name, None, roles=["Jupyter"])
+    auth = make_authenticator(
+        xnat, oidc=idp, xnat_token_exchange=exchange, xnat_username_pattern=pattern, allowed_users={name}
+    )
+    if exchange == "bearer":
+        # XNAT's plugin maps both through the same pattern to the same account: only the
+        # hub's binding tells them apart
+        xnat.enable_bearer(
+            PROVIDER_ID,
+            issuer=idp.issuer,
+            jwks_url=idp.url("/jwks"),
+            accepted_audiences=[idp.client_id],
+            username_pattern=pattern,
+        )
+    first = await openid_login(auth, idp)
+    assert first["name"] == name
+    err = await refused(openid_login(auth, idp, "twin"))
+    assert err.status_code == 403 and name in err.jupyterhub_message
+    if exchange == "bearer":
+        assert len(valid_tokens(xnat, name)) == 1, "the twin's XNAT token was invalidated"
+    again = await openid_login(auth, idp)  # the first person still gets in
+    assert again["name"] == name
+
+
+async def test_a_login_refused_by_the_allow_rules_binds_nothing(xnat, idp):
+    idp.accounts["twin"] = {"sub": "TwinSubject", "preferred_username": "bob"}
+    idp.account["preferred_username"] = "bob"
+    auth = make_authenticator(
+        xnat,
+        oidc=idp,
+        xnat_token_exchange="off",
+        xnat_username_pattern="[providerId]_[preferred_username]",
+        allowed_users={f"{PROVIDER_ID}_bob"},
+        blocked_users=set(),
+    )
+    auth.blocked_users = {f"{PROVIDER_ID}_bob"}
+    assert (await refused(openid_login(auth, idp, "twin"))).status_code == 403
+    auth.blocked_users = set()
+    assert (await openid_login(auth, idp))["name"] == f"{PROVIDER_ID}_bob"
+
+
+def test_the_old_names_of_the_claim_requirements_still_work_with_a_warning(xnat, idp, caplog):
+    auth = make_authenticator(xnat, oidc=idp, allowed_home_organisations={"uni.edu.au"})
+    assert auth.required_home_organisations == {"uni.edu.au"}
+    assert "allowed_home_organisations is deprecated" in caplog.text

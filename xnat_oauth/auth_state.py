@@ -14,8 +14,10 @@ versioned record, and the spawn hooks read only this record::
             "secret": "<64 chars>",
             "expires_at": 1526532504,           #   epoch seconds (XNAT gives ms)
         },
+        "jupyter": True,                        # XNAT's Jupyter permission at login (if asked)
         "identity": {                           # OpenID logins only
             "provider": "aaf", "issuer": "https://central.aaf.edu.au", "sub": "YAdr3eQ...",
+            "auth_user": "aaf_YAdr3eQ...",      # the pattern's rendering: XNAT's mapping key
         },
     }
 
@@ -78,6 +80,9 @@ class Identity:
     provider: str
     issuer: str
     sub: str
+    #: the username pattern's rendering: the key of XNAT's auth mapping (the plugin's
+    #: ``auth_user``), which is the XNAT login only for accounts the plugin auto-created
+    auth_user: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -85,7 +90,10 @@ class Identity:
         return (self.issuer, self.sub)
 
     def to_dict(self) -> dict:
-        return {"provider": self.provider, "issuer": self.issuer, "sub": self.sub}
+        d = {"provider": self.provider, "issuer": self.issuer, "sub": self.sub}
+        if self.auth_user is not None:
+            d["auth_user"] = self.auth_user
+        return d
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,8 @@ class XnatAuthState:
     source: str
     token: XnatToken | None
     identity: Identity | None = None
+    #: whether XNAT allows this user Jupyter, as asked at login; None when not asked
+    jupyter: bool | None = None
     version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -113,6 +123,8 @@ class XnatAuthState:
         }
         if self.identity is not None:
             d["identity"] = self.identity.to_dict()
+        if self.jupyter is not None:
+            d["jupyter"] = self.jupyter
         return d
 
     def into(self, auth_state: dict | None) -> dict:
@@ -142,15 +154,25 @@ class XnatAuthState:
         identity = None
         if ident is not None:
             try:
-                identity = Identity(str(ident["provider"]), str(ident["issuer"]), str(ident["sub"]))
-            except (KeyError, TypeError) as e:
+                auth_user = ident.get("auth_user")
+                identity = Identity(
+                    str(ident["provider"]),
+                    str(ident["issuer"]),
+                    str(ident["sub"]),
+                    str(auth_user) if auth_user is not None else None,
+                )
+            except (KeyError, TypeError, AttributeError) as e:
                 raise AuthStateError(f"auth_state identity lacks {e}") from None
+        jupyter = d.get("jupyter")
+        if jupyter is not None and not isinstance(jupyter, bool):
+            raise AuthStateError("auth_state XNAT record: jupyter must be true, false or absent")
         return cls(
             url=url,
             username=username,
             source=source,
             token=XnatToken.from_dict(tok) if tok is not None else None,
             identity=identity,
+            jupyter=jupyter,
         )
 
     @classmethod

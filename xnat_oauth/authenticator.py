@@ -40,12 +40,13 @@ from jupyterhub.crypto import CryptKeeper, EncryptionUnavailable
 from jupyterhub.utils import maybe_future
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLogoutHandler
-from traitlets import Bool, CaselessStrEnum, Float, Integer, Set, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Float, Integer, Set, Unicode, default, observe
 
 from . import compat
 from .auth_state import Identity, XnatAuthState
-from .errors import ConfigError, XnatOAuthError, XnatUnavailable
-from .identity import UsernamePattern, check_aaf_claims, check_hosted_domain
+from .errors import ConfigError, NotAllowedJupyter, XnatOAuthError, XnatUnavailable
+from .identity import UsernamePattern, check_aaf_claims, check_hosted_domain, check_xnat_username
+from .identity_bindings import IdentityBindings
 from .login_state import (
     PASSWORD_GRANT,
     STEP_KEY,
@@ -59,7 +60,7 @@ from .login_state import (
 )
 from .oidc import handlers as oidc_handlers
 from .oidc.discovery import OidcProvider
-from .oidc.errors import IdTokenError
+from .oidc.errors import IdentityConflict, IdTokenError
 from .oidc.id_token import merge_claims, verify_id_token
 from .oidc.presets import ProviderPreset, generic_preset, get_preset
 from .password_login import PasswordLogin
@@ -75,6 +76,14 @@ CRYPT_KEY_HELP = (
     "bytes, hex-encoded, e.g. the output of `openssl rand -hex 32`. Keep it secret and keep it "
     "the same across restarts (a new key logs every user out)."
 )
+
+#: 0.1 names of the claim requirements -> their names now
+DEPRECATED_NAMES = {
+    "allowed_scoped_affiliations": "required_scoped_affiliations",
+    "allowed_entitlements": "required_entitlements",
+    "allowed_home_organisations": "required_home_organisations",
+    "allowed_hosted_domains": "required_hosted_domains",
+}
 
 #: the key of user_info (``auth_state["oauth_user"]``) holding the XNAT username of the login
 XNAT_USERNAME_KEY = "xnat_username"
@@ -195,11 +204,25 @@ class XnatOAuthenticator(GenericOAuthenticator):
     xnat_username_pattern = Unicode(
         "[providerId]_[sub]",
         config=True,
-        help="""How a login becomes an XNAT username, exactly as XNAT's OpenID plugin does it:
-        copy the plugin's ``usernamePattern``. ``[claim]`` placeholders are filled from the
-        verified ID token and userinfo claims, ``[providerId]`` from ``xnat_provider_id``;
-        characters outside ``[a-zA-Z0-9-_'.]`` become ``_``; case is preserved. Checked when the
-        hub starts. A login that lacks a claim the pattern needs is refused, naming the claim.""",
+        help="""XNAT's OpenID plugin ``usernamePattern`` for this provider: copy it. It names
+        the plugin's auth mapping, not necessarily the account: with the Bearer exchange the hub
+        user is the login XNAT names (a merged or linked account such as ``jsmith``), and the
+        rendering is kept in auth_state as the mapping key; with ``xnat_token_exchange = "off"``
+        it is the XNAT login, which must then satisfy XNAT's rule (a letter first, at most 64
+        characters). ``[claim]`` placeholders in the plugin's syntax are filled from the verified
+        ID token and userinfo claims, ``[providerId]`` from ``xnat_provider_id``; characters
+        outside ``[a-zA-Z0-9-_'.]`` become ``_``; case is preserved. ``[email]``, ``[username]``,
+        ``[firstName]`` and ``[lastName]`` are refused: the plugin never fills them. Checked when
+        the hub starts; a login that lacks a claim the pattern needs is refused, naming it.""",
+    )
+
+    xnat_state_file = Unicode(
+        "xnat-oauth.sqlite",
+        config=True,
+        help="""SQLite file where the hub keeps xnat-oauth's own state: which OpenID identity
+        (issuer, sub) is bound to which hub user. Relative paths are relative to the hub's
+        working directory, where ``jupyterhub.sqlite`` lives; it must persist across restarts
+        (on Kubernetes, the hub's volume) and is not shared between hubs.""",
     )
     aaf_idp_entity_id = Unicode(
         "",
@@ -207,47 +230,81 @@ class XnatOAuthenticator(GenericOAuthenticator):
         help="""AAF only: the SAML entityID of your institution's IdP. Sent as ``entityID`` with
         the authorize request, so users skip AAF's organisation-discovery page.""",
     )
+    required_scoped_affiliations = Set(
+        Unicode(),
+        config=True,
+        help="""AAF: a requirement every OpenID login must meet (not a grant): one of these
+        ``edu_person_scoped_affiliation`` values (e.g. ``{"staff@uni.edu.au",
+        "student@uni.edu.au"}``). Empty: no such requirement. Formerly
+        ``allowed_scoped_affiliations``.""",
+    )
+    required_entitlements = Set(
+        Unicode(),
+        config=True,
+        help="""AAF: a requirement every OpenID login must meet (not a grant): one of these
+        ``edu_person_entitlement`` values. Empty: no such requirement. Formerly
+        ``allowed_entitlements``.""",
+    )
+    required_home_organisations = Set(
+        Unicode(),
+        config=True,
+        help="""AAF: a requirement every OpenID login must meet (not a grant): a
+        ``schac_home_organization`` among these (e.g. ``{"uni.edu.au"}``). Empty: no such
+        requirement. Formerly ``allowed_home_organisations``.""",
+    )
+    required_hosted_domains = Set(
+        Unicode(),
+        config=True,
+        help="""Google: a requirement every OpenID login must meet (not a grant): a Google
+        Workspace account whose ``hd`` claim is one of these domains. The ``hd`` claim is checked,
+        never the email's suffix. Empty: no such requirement. Formerly
+        ``allowed_hosted_domains``.""",
+    )
+
+    # The 0.1 names read like JupyterHub's allow rules (which grant), but these only ever
+    # refused: they keep working, with a warning, until they are removed.
     allowed_scoped_affiliations = Set(
-        Unicode(),
-        config=True,
-        help="""AAF: allow only users with one of these ``edu_person_scoped_affiliation`` values
-        (e.g. ``{"staff@uni.edu.au", "student@uni.edu.au"}``). Empty: no such condition.""",
+        Unicode(), config=True, help="Deprecated: use ``required_scoped_affiliations``."
     )
-    allowed_entitlements = Set(
-        Unicode(),
-        config=True,
-        help="""AAF: allow only users with one of these ``edu_person_entitlement`` values.
-        Empty: no such condition.""",
-    )
+    allowed_entitlements = Set(Unicode(), config=True, help="Deprecated: use ``required_entitlements``.")
     allowed_home_organisations = Set(
-        Unicode(),
-        config=True,
-        help="""AAF: allow only users whose ``schac_home_organization`` is one of these
-        (e.g. ``{"uni.edu.au"}``). Empty: no such condition.""",
+        Unicode(), config=True, help="Deprecated: use ``required_home_organisations``."
     )
-    allowed_hosted_domains = Set(
-        Unicode(),
-        config=True,
-        help="""Google: allow only Google Workspace accounts whose ``hd`` claim is one of these
-        domains. The ``hd`` claim is checked, never the email's suffix. Empty: no such condition.""",
-    )
+    allowed_hosted_domains = Set(Unicode(), config=True, help="Deprecated: use ``required_hosted_domains``.")
+
+    @observe(*DEPRECATED_NAMES)
+    def _deprecated_name_used(self, change):
+        new = DEPRECATED_NAMES[change.name]
+        self.log.warning(
+            "c.XnatOAuthenticator.%s is deprecated since xnat-oauth 0.2: it is a requirement every "
+            "login must meet, not a grant. Use c.XnatOAuthenticator.%s (same values).",
+            change.name,
+            new,
+        )
+        setattr(self, new, getattr(self, new) | change.new)
+
     xnat_token_exchange = CaselessStrEnum(
         ["bearer", "off"],
         default_value="bearer",
         config=True,
         help="""How an OpenID login gets the user's XNAT token. ``"bearer"``: call XNAT's
-        ``/data/services/tokens/issue`` with ``Authorization: Bearer <token>``; needs XNAT's OpenID
-        plugin 1.6+ with Bearer tokens enabled for this provider, and gives the user's own alias
-        token without any admin password. ``"off"``: no XNAT token at login (auth_state records
-        that), XNAT-launched servers get credentials from the plugin's launch options, and
-        JupyterHub's allow rules (``allow_all``, ``allowed_users``, ...) decide who may log in.""",
+        ``/data/services/tokens/issue`` with ``Authorization: Bearer <token>``; needs XNAT 1.10 with
+        the OpenID plugin 1.6.0+ and Bearer tokens enabled for this provider, and gives the user's
+        own alias token without any admin password; the hub user is the login XNAT names.
+        ``"off"`` (XNAT 1.8/1.9, which have no Bearer path): no XNAT token at login, the username
+        pattern predicts the XNAT login (right only for accounts the plugin auto-created), and
+        only JupyterHub's allow rules (``allow_all``, ``allowed_users``, ``allowed_groups``) can
+        admit anyone; XNAT-launched servers get credentials from the plugin's launch options.""",
     )
     xnat_exchange_token = CaselessStrEnum(
         ["access_token", "id_token"],
-        default_value="access_token",
+        default_value="id_token",
         config=True,
-        help="""Which of the provider's tokens is sent to XNAT as the Bearer token: the access
-        token (default) or the ID token, whichever XNAT's plugin is set up to verify.""",
+        help="""Which of the provider's tokens is sent to XNAT as the Bearer token. The ID token
+        (default) is a JWT whose audience is this hub's client id, which is what XNAT's plugin
+        verifies (RS256/384/512 against the provider's JWKS, audience in
+        ``audCheck.acceptedAudiences``). ``"access_token"`` only for a provider whose access tokens
+        are such JWTs too: Google's and many others' are opaque, and XNAT refuses them.""",
     )
     id_token_leeway = Integer(
         60,
@@ -282,9 +339,12 @@ class XnatOAuthenticator(GenericOAuthenticator):
     check_xnat_jupyter_permission = Bool(
         True,
         config=True,
-        help="""Allow only users XNAT allows Jupyter: role ``Jupyter`` (or ``Administrator``),
-        or the site preference ``allUsersCanStartJupyter``. These users need no other allow
-        rule. When False, JupyterHub's own rules (``allow_all``, ``allowed_users``, ...) decide.""",
+        help="""XNAT's Jupyter permission is an allow rule: a login that got an XNAT token
+        (password, or OpenID with the Bearer exchange) is admitted when XNAT allows that user
+        Jupyter (role ``Jupyter``, or the site preference ``allUsersCanStartJupyter``; the
+        ``Administrator`` role alone does not, as in XNAT's JupyterHub plugin), and refused when
+        it does not. When False, only JupyterHub's own rules (``allow_all``, ``allowed_users``,
+        ``allowed_groups``, ...) admit. ``blocked_users`` refuses either way.""",
     )
     password_max_failures_per_user = Integer(
         5,
@@ -378,10 +438,45 @@ class XnatOAuthenticator(GenericOAuthenticator):
                 "on the network path can read every XNAT password and token this hub sends. "
                 "Only for a throw-away test site; use xnat_ca_bundle for an institutional CA. !!!"
             )
+        self._check_someone_can_be_admitted()
         if self.check_xnat_jupyter_permission:
-            # XNAT's Jupyter rule is the allow rule; JupyterHub need not warn about none.
+            # XNAT's Jupyter rule is an allow rule; JupyterHub need not warn about none.
             return
         super().check_allow_config()
+
+    def _check_someone_can_be_admitted(self):
+        """Refuse to start a hub that could never admit anyone; say which setting to add."""
+        hub_rules = bool(
+            self.allow_all
+            or self.allowed_users
+            or self.admin_users
+            or (self.manage_groups and self.allowed_groups)
+            or self.allowed_scopes
+            or self.allow_existing_users
+        )
+        if hub_rules:
+            return
+        xnat_rule = self.check_xnat_jupyter_permission
+        password_admits = self.password_login and xnat_rule
+        oidc_admits = self.oidc_enabled and xnat_rule and self.xnat_token_exchange != "off"
+        add = (
+            "add an allow rule: c.XnatOAuthenticator.allowed_users = {...}, allowed_groups (with "
+            "manage_groups), or allow_all = True"
+        )
+        if not (password_admits or oidc_admits):
+            why = (
+                "xnat_token_exchange is 'off', so OpenID logins get no XNAT token and XNAT's Jupyter "
+                "permission cannot admit them"
+                if self.oidc_enabled and self.xnat_token_exchange == "off"
+                else "check_xnat_jupyter_permission is off"
+            )
+            self._fatal(f"No login could ever be admitted: {why}, and no JupyterHub allow rule is set. {add}.")
+        if self.oidc_enabled and not oidc_admits:
+            self.log.warning(
+                "OpenID logins can never be admitted (xnat_token_exchange is 'off' and no allow rule "
+                "is set); only XNAT password logins can. To admit OpenID logins, %s.",
+                add,
+            )
 
     @cached_property
     def oidc_preset(self) -> ProviderPreset | None:
@@ -441,6 +536,11 @@ class XnatOAuthenticator(GenericOAuthenticator):
             endpoint_overrides=overrides,
             min_jwks_refresh_interval=self.oidc_jwks_min_refresh_interval,
         )
+
+    @cached_property
+    def identity_bindings(self) -> IdentityBindings:
+        """Which OpenID identity is bound to which hub user (``xnat_state_file``)."""
+        return IdentityBindings(self.xnat_state_file)
 
     @cached_property
     def _refreshes(self) -> dict[str, asyncio.Future]:
@@ -587,20 +687,26 @@ class XnatOAuthenticator(GenericOAuthenticator):
             id_claims = {"iss": self.oidc.issuer, "sub": sub}
         claims = merge_claims(id_claims, userinfo)
         preset = self.oidc_preset
-        username = self.username_pattern_compiled.render(
-            claims, self.xnat_provider_id, email_requires_verified=preset.email_requires_verified
-        )
+        # The plugin's mapping key. Requirements first: a refused login never reaches XNAT.
+        auth_user = self.username_pattern_compiled.render(claims, self.xnat_provider_id)
         check_aaf_claims(
             claims,
-            allowed_scoped_affiliations=self.allowed_scoped_affiliations,
-            allowed_entitlements=self.allowed_entitlements,
-            allowed_home_organisations=self.allowed_home_organisations,
+            required_scoped_affiliations=self.required_scoped_affiliations,
+            required_entitlements=self.required_entitlements,
+            required_home_organisations=self.required_home_organisations,
         )
-        if self.allowed_hosted_domains:
-            check_hosted_domain(claims, self.allowed_hosted_domains)
+        if self.required_hosted_domains:
+            check_hosted_domain(claims, self.required_hosted_domains)
+        identity = Identity(preset.name, id_claims["iss"], id_claims["sub"], auth_user)
 
-        identity = Identity(preset.name, id_claims["iss"], id_claims["sub"])
-        if self.xnat_token_exchange == "bearer":
+        if self.xnat_token_exchange == "off":
+            # No XNAT call can name the login: the pattern predicts it, which is right for
+            # accounts the plugin auto-created, and it must be a login XNAT can have at all.
+            self.identity_bindings.check(identity, check_xnat_username(auth_user))
+            record = XnatAuthState(
+                url=self.xnat.url, username=auth_user, source="none", token=None, identity=identity
+            )
+        else:
             bearer = token_info.get(self.xnat_exchange_token)
             if not bearer:
                 raise IdTokenError("missing_claim", f"the provider returned no {self.xnat_exchange_token}")
@@ -610,16 +716,24 @@ class XnatOAuthenticator(GenericOAuthenticator):
                 issued,
                 source="bearer",
                 check_jupyter=self.check_xnat_jupyter_permission,
-                expected_username=username,
                 identity=identity,
                 log=self.log,
             )
-        else:
-            record = XnatAuthState(
-                url=self.xnat.url, username=username, source="none", token=None, identity=identity
-            )
+            try:
+                self.identity_bindings.check(identity, record.username)
+            except IdentityConflict:
+                await discard(self.xnat, record.token, self.log)
+                raise
+            if record.username != auth_user:
+                # A registered, merged or linked XNAT account: XNAT's answer is the user.
+                self.log.info(
+                    "XNAT maps %s login %s to its account %s (an account not created by the plugin)",
+                    preset.name,
+                    auth_user,
+                    record.username,
+                )
         step.record = record
-        self.log.info("OpenID login (%s) for %s, XNAT token: %s", preset.name, username, record.source)
+        self.log.info("OpenID login (%s) for %s, XNAT token: %s", preset.name, record.username, record.source)
         return {**claims, XNAT_USERNAME_KEY: record.username}
 
     async def _recheck_stored_login(self, token_info) -> dict:
@@ -679,21 +793,46 @@ class XnatOAuthenticator(GenericOAuthenticator):
         if auth_model is None:
             return await super().check_allowed(username, auth_model)
         record = XnatAuthState.maybe_from_auth_state(auth_model.get("auth_state"))
-        if self.check_xnat_jupyter_permission and record is not None and record.token is not None:
-            # XNAT's Jupyter permission was checked with this token during login. Logins
-            # without an XNAT token (exchange "off") fall through to JupyterHub's allow rules.
+        # XNAT's Jupyter permission, asked with the login's own token, is one allow rule among
+        # JupyterHub's; a login without an XNAT token (exchange "off") has only JupyterHub's.
+        if self.check_xnat_jupyter_permission and record is not None and record.jupyter:
             return True
         if await super().check_allowed(username, auth_model):
             return True
+        if self.check_xnat_jupyter_permission and record is not None and record.jupyter is False:
+            await self._refuse(username, auth_model, "has no Jupyter permission in XNAT", NotAllowedJupyter.user_message)
         await self._refuse(username, auth_model, "matches no allow rule")
 
-    async def _refuse(self, username, auth_model, why: str):
-        """Invalidate the login's XNAT token, then refuse with one message for every rule."""
+    async def _refuse(self, username, auth_model, why: str, message: str = NOT_ALLOWED_MESSAGE):
+        """Invalidate the login's XNAT token, then refuse with a message for the user."""
         record = XnatAuthState.maybe_from_auth_state((auth_model or {}).get("auth_state"))
         if record is not None and record.token is not None:
             await discard(self.xnat, record.token, self.log)
         self.log.warning("Login refused: %s %s", username, why)
-        raise user_error(403, NOT_ALLOWED_MESSAGE)
+        raise user_error(403, message)
+
+    async def run_post_auth_hook(self, handler, authentication):
+        """The last step of an admitted login: bind its OpenID identity to the hub user, for good.
+
+        Only admitted logins bind: an identity refused by the allow rules must not be able to
+        take a name from the person it belongs to.
+        """
+        record = XnatAuthState.maybe_from_auth_state(authentication.get("auth_state"))
+        if record is not None and record.identity is not None:
+            try:
+                if self.identity_bindings.bind(record.identity, authentication["name"]):
+                    self.log.info(
+                        "Bound %s identity %s to hub user %s",
+                        record.identity.provider,
+                        record.identity.sub,
+                        authentication["name"],
+                    )
+            except IdentityConflict as e:
+                if record.token is not None:
+                    await discard(self.xnat, record.token, self.log)
+                self.log.error("OpenID login refused: %s", e)
+                raise user_error(403, e.user_message) from None
+        return await super().run_post_auth_hook(handler, authentication)
 
     # -- session life ----------------------------------------------------------------------
 

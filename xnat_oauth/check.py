@@ -636,16 +636,50 @@ async def check_bearer_exchange(ctx: CheckContext) -> Outcome:
         auth.xnat_token_exchange == "off"
     ) else ""
     expected = _hub_username(auth, token)
-    if expected is not None and expected != username:
-        return failed(
-            f"XNAT maps the token to {username!r}, the hub's xnat_username_pattern gives {expected!r}",
-            f"copy the usernamePattern of XNAT's openid.{pid} settings into "
-            "c.XnatOAuthenticator.xnat_username_pattern (and xnat_provider_id to match)",
+    if expected is None:
+        mapping = ""
+    elif expected == username:
+        mapping = ", as the hub's username pattern predicts"
+    else:
+        # A registered, merged or linked account: with the exchange the hub follows XNAT.
+        mapping = (
+            f" (the hub's pattern renders the mapping key {expected!r}: an account not created by "
+            "the plugin; the hub user will be XNAT's login, which works with the Bearer exchange "
+            "but would not with xnat_token_exchange 'off')"
         )
-    same = ", as the hub's username pattern does" if expected is not None else ""
     return passed(
-        f"XNAT accepted the token as {username!r}{same}; the token XNAT issued is invalidated "
+        f"XNAT accepted the token as {username!r}{mapping}; the token XNAT issued is invalidated "
         f"before this command exits{note}"
+    )
+
+
+async def check_xnat_openid_settings(ctx: CheckContext) -> Outcome:
+    """What XNAT's OpenID plugin must say for this hub's logins to work, with this provider's
+    own issuer and JWKS URL (from discovery), so the admin can compare line by line."""
+    if (off := _oidc_off(ctx)) is not None:
+        return off
+    auth = ctx.authenticator
+    pid = auth.xnat_provider_id or "<provider>"
+    pattern = auth.xnat_username_pattern or "[providerId]_[sub]"
+    if auth.xnat_token_exchange == "off":
+        return passed(
+            f"xnat_token_exchange is 'off' (XNAT 1.8/1.9): the hub user is the pattern's rendering, "
+            f"so XNAT must create accounts under that name: openid.{pid}.forceUserCreate=true and "
+            f"openid.{pid}.usernamePattern={pattern}; accounts merged or linked under another login "
+            "cannot log in to the hub this way"
+        )
+    if not ctx.passed("oidc-discovery"):
+        return skipped("needs the discovery document (see oidc-discovery)")
+    md = await auth.oidc.metadata()
+    return passed(
+        "XNAT 1.10 with openid-auth-plugin 1.6.0 or later (XNAT 1.8/1.9 have no Bearer path), and "
+        f"in openid-provider.properties: openid.{pid}.bearer.enabled=true, "
+        f"openid.{pid}.issuer={md.issuer}, openid.{pid}.jwksUri={md.jwks_uri}, "
+        f"openid.{pid}.audCheck.acceptedAudiences={auth.client_id or '<client id>'}, "
+        f"openid.{pid}.usernamePattern={pattern}, and openid.{pid}.bearer.forceUserCreate=true "
+        f"unless every user's XNAT account already exists; the hub sends the "
+        f"{auth.xnat_exchange_token.replace('_', ' ')}; openid.{pid}.allowedEmailDomains, if set, "
+        "applies to the token's email claim"
     )
 
 
@@ -681,9 +715,7 @@ def _hub_username(auth, token: str) -> str | None:
         claims = json.loads(extract_compact(token.encode("ascii")).payload)
         if not isinstance(claims, dict):
             return None
-        return auth.username_pattern_compiled.render(
-            claims, auth.xnat_provider_id, email_requires_verified=auth.oidc_preset.email_requires_verified
-        )
+        return auth.username_pattern_compiled.render(claims, auth.xnat_provider_id)
     except (JoseError, ValueError, XnatOAuthError):
         return None
 
@@ -835,6 +867,7 @@ CORE_CHECKS: tuple[Check, ...] = (
     Check("oidc-jwks", check_oidc_jwks, 71),
     Check("oidc-client", check_oidc_client, 72),
     Check("callback-url", check_callback_url, 73),
+    Check("xnat-openid-settings", check_xnat_openid_settings, 74),
 )
 
 

@@ -1,4 +1,5 @@
-"""``xnat-oauth`` command line: ``xnat-oauth check`` (see :mod:`xnat_oauth.check`)."""
+"""``xnat-oauth`` command line: ``check`` (see :mod:`xnat_oauth.check`) and ``bindings``
+(see :mod:`xnat_oauth.identity_bindings`)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,47 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds to wait for each request to XNAT or the provider (default: the config's xnat_timeout)",
     )
+    bindings = sub.add_parser(
+        "bindings",
+        help="list or release the OpenID identities bound to hub users",
+        description=(
+            "Each OpenID identity (issuer, sub) is bound to the hub user of its first login, and "
+            "later logins must agree. Run in the hub's working directory (or give --state-file). "
+            "Release a user's bindings after merging or renaming its account in XNAT."
+        ),
+    )
+    bindings.add_argument(
+        "--state-file",
+        default="xnat-oauth.sqlite",
+        metavar="FILE",
+        help="the hub's c.XnatOAuthenticator.xnat_state_file (default: ./xnat-oauth.sqlite)",
+    )
+    what = bindings.add_subparsers(dest="action", metavar="ACTION", required=True)
+    what.add_parser("list", help="one line per binding: hub user, provider, issuer, sub")
+    release = what.add_parser("release", help="forget every identity bound to a hub user")
+    release.add_argument("username", help="the hub user, exactly as the hub spells it")
     return parser
+
+
+def _bindings(args) -> int:
+    from pathlib import Path
+
+    from .identity_bindings import IdentityBindings
+
+    if not Path(args.state_file).is_file():
+        print(f"xnat-oauth: no state file at {args.state_file}", file=sys.stderr)
+        return 2
+    store = IdentityBindings(args.state_file)
+    try:
+        if args.action == "list":
+            for b in sorted(store.all(), key=lambda b: (b.username, b.issuer)):
+                print(f"{b.username}\t{b.provider}\t{b.issuer}\t{b.sub}")
+            return 0
+        n = store.release(args.username)
+        print(f"released {n} identit{'y' if n == 1 else 'ies'} of {args.username}")
+        return 0 if n else 1
+    finally:
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         from .check import run
 
         return run(args.config_file, bearer_token_file=args.bearer_token_file, xnat_timeout=args.xnat_timeout)
+    if args.command == "bindings":
+        return _bindings(args)
     parser.print_help()
     return 0
 

@@ -1,11 +1,14 @@
-"""From verified OpenID Connect claims to the XNAT username, and who may log in at all.
+r"""From verified OpenID Connect claims to the XNAT username, and who may log in at all.
 
 The hub username must equal the XNAT username character for character, so it is built exactly as
 XNAT's openid-auth-plugin builds it:
 
-* ``usernamePattern`` with ``[claim]`` placeholders, default ``[providerId]_[sub]``;
-  ``[providerId]`` is the provider's id in XNAT and wins over a claim of that name (the plugin
-  resolves its own fields before claims); a blank pattern means the default;
+* ``usernamePattern`` with ``[claim]`` placeholders in the plugin's syntax
+  (``\[([a-zA-Z0-9_.:/-]+)]``), default ``[providerId]_[sub]``; ``[providerId]`` is the
+  provider's id in XNAT and wins over a claim of that name (the plugin resolves its own fields
+  before claims); a blank pattern means the default; ``[email]``, ``[username]``, ``[firstName]``
+  and ``[lastName]`` never resolve in the plugin (its own Java fields of those names shadow the
+  claims), so a pattern using them is refused;
 * a claim that is absent, blank or the text ``null`` stops the login (the plugin refuses too);
 * on the whole result, every character outside ``[a-zA-Z0-9-_'.]`` becomes ``_`` (the plugin's
   ``sanitizeUsername`` when it creates the account); case is kept.
@@ -14,6 +17,11 @@ Where this is stricter than the plugin, it refuses rather than guess: list, obje
 non-integer values (Java's ``toString`` of those has no Python twin), and placeholders are
 filled in one pass (the plugin's repeated ``String.replace`` could also fill a ``[x]`` that a claim
 value happens to contain).
+
+The rendering is the plugin's *mapping key* (``auth_user`` in XNAT's auth table), which is the
+XNAT login only for accounts the plugin auto-created; when XNAT authenticates the login, the
+login XNAT names wins (see ``docs/openid-connect.md``). :func:`check_xnat_username` applies XNAT's
+own rule for logins (``Users.isValidUsername``) where the rendering must be the login.
 
 Everything here is a pure function of its arguments.
 """
@@ -24,28 +32,33 @@ import re
 from typing import Any, Iterable, Mapping
 
 from .errors import ConfigError
-from .oidc.errors import ClaimNotAllowed, MissingClaim, UnusableClaim, UnverifiedEmail
+from .oidc.errors import ClaimNotAllowed, InvalidXnatUsername, MissingClaim, UnusableClaim
 
 __all__ = [
     "DEFAULT_USERNAME_PATTERN",
     "PROVIDER_ID_PLACEHOLDER",
     "UsernamePattern",
     "sanitize_username",
+    "check_xnat_username",
     "claim_text",
-    "require_verified_email",
     "check_aaf_claims",
     "check_hosted_domain",
     "MissingClaim",
     "UnusableClaim",
     "ClaimNotAllowed",
-    "UnverifiedEmail",
 ]
 
 DEFAULT_USERNAME_PATTERN = "[providerId]_[sub]"
 PROVIDER_ID_PLACEHOLDER = "providerId"
 
 _PLACEHOLDER = re.compile(r"\[([^\[\]]+)\]")
+#: what the plugin's ``OpenIdConnectUserDetails`` recognises as a placeholder name
+_PLUGIN_PLACEHOLDER_NAME = re.compile(r"[a-zA-Z0-9_.:/-]+")
+#: placeholders the plugin never fills from claims: its own fields of these names shadow them
+UNRESOLVABLE_PLACEHOLDERS = frozenset({"email", "username", "firstName", "lastName"})
 _NOT_IN_XNAT_USERNAME = re.compile(r"[^A-Za-z0-9\-_'.]")
+#: XNAT's rule for logins, ``Patterns.EXPR_USERNAME`` (64 characters since XNAT-7860, Aug 2023)
+XNAT_USERNAME_RULE = re.compile(r"[a-zA-Z][A-Za-z0-9\-_'.]{0,63}")
 
 # AAF claim names as they appear in tokens (the scopes are spelled eduperson_*, the claims edu_person_*)
 AAF_SCOPED_AFFILIATION = "edu_person_scoped_affiliation"
@@ -85,6 +98,19 @@ def _parse(pattern: str) -> tuple[str, ...]:
                 raise ConfigError(
                     f"xnat_username_pattern {pattern!r}: placeholder [{name}] contains whitespace; "
                     "claim names have none"
+                )
+            if not _PLUGIN_PLACEHOLDER_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"xnat_username_pattern {pattern!r}: [{name}] is not a placeholder XNAT's OpenID "
+                    "plugin recognises (claim names of letters, digits and _ . : / -), so XNAT would "
+                    "keep it as text and map logins differently from the hub"
+                )
+            if name in UNRESOLVABLE_PLACEHOLDERS:
+                raise ConfigError(
+                    f"xnat_username_pattern {pattern!r}: XNAT's OpenID plugin never fills [{name}] "
+                    f"(its own '{name}' field shadows the claim of that name), so no login could "
+                    "ever map through this pattern; use another claim, e.g. [sub], "
+                    "[preferred_username] or [edu_person_principal_name]"
                 )
             names.append(name)
             start = None
@@ -154,22 +180,13 @@ class UsernamePattern:
         """The claims the pattern needs (``providerId`` is not a claim)."""
         return tuple(p for p in self.placeholders if p != PROVIDER_ID_PLACEHOLDER)
 
-    def render(
-        self,
-        claims: Mapping[str, Any],
-        provider_id: str,
-        *,
-        email_requires_verified: bool = False,
-    ) -> str:
-        """The XNAT username for these claims.
+    def render(self, claims: Mapping[str, Any], provider_id: str) -> str:
+        """The plugin's mapping key (``auth_user``) for these claims.
 
-        MissingClaim / UnusableClaim naming the claim at fault; UnverifiedEmail if the pattern
-        uses ``email`` and ``email_requires_verified`` but ``email_verified`` is not true.
+        MissingClaim / UnusableClaim naming the claim at fault.
         """
         if not provider_id or not isinstance(provider_id, str):
             raise ConfigError("xnat_provider_id is empty")
-        if email_requires_verified and "email" in self.placeholders:
-            require_verified_email(claims)
 
         def fill(match: re.Match[str]) -> str:
             name = match.group(1)
@@ -189,16 +206,19 @@ class UsernamePattern:
         return hash(self.pattern)
 
 
-def require_verified_email(claims: Mapping[str, Any]) -> str:
-    """The email, if the provider says it is verified; MissingClaim or UnverifiedEmail otherwise."""
-    email = claims.get("email")
-    if not isinstance(email, str) or not email.strip():
-        raise MissingClaim("email")
-    verified = claims.get("email_verified")
-    # Some providers send the JSON string "true"; anything else (absent, false, "yes") is not proof.
-    if verified is True or (isinstance(verified, str) and verified.lower() == "true"):
-        return email
-    raise UnverifiedEmail()
+def check_xnat_username(name: str) -> str:
+    """``name`` if XNAT can have it as a login; InvalidXnatUsername saying why otherwise."""
+    if XNAT_USERNAME_RULE.fullmatch(name):
+        return name
+    if not name:
+        why = "it is empty"
+    elif not name[0].isascii() or not name[0].isalpha():
+        why = "it does not start with a letter"
+    elif len(name) > 64:
+        why = f"it has {len(name)} characters, more than 64"
+    else:
+        why = "it has characters XNAT does not allow"
+    raise InvalidXnatUsername(name, why)
 
 
 def _as_list(allowed: Iterable[str] | str) -> list[str]:
@@ -247,9 +267,9 @@ def _require_one_of(
 def check_aaf_claims(
     claims: Mapping[str, Any],
     *,
-    allowed_scoped_affiliations: Iterable[str] | str = (),
-    allowed_entitlements: Iterable[str] | str = (),
-    allowed_home_organisations: Iterable[str] | str = (),
+    required_scoped_affiliations: Iterable[str] | str = (),
+    required_entitlements: Iterable[str] | str = (),
+    required_home_organisations: Iterable[str] | str = (),
 ) -> None:
     """AAF's recommended authorisation: scoped affiliation, entitlement, home organisation.
 
@@ -260,25 +280,25 @@ def check_aaf_claims(
     MissingClaim naming it. Never uses email (AAF does not verify it).
     """
     _require_one_of(
-        claims, AAF_SCOPED_AFFILIATION, allowed_scoped_affiliations,
+        claims, AAF_SCOPED_AFFILIATION, required_scoped_affiliations,
         fold_case=True, what="scoped affiliation",
     )
     _require_one_of(
-        claims, AAF_ENTITLEMENT, allowed_entitlements, fold_case=False, what="entitlement"
+        claims, AAF_ENTITLEMENT, required_entitlements, fold_case=False, what="entitlement"
     )
     _require_one_of(
-        claims, AAF_HOME_ORGANISATION, allowed_home_organisations,
+        claims, AAF_HOME_ORGANISATION, required_home_organisations,
         fold_case=True, what="home organisation",
     )
 
 
-def check_hosted_domain(claims: Mapping[str, Any], allowed_domains: Iterable[str] | str) -> None:
-    """Google Workspace domains: the ``hd`` claim must be one of ``allowed_domains``.
+def check_hosted_domain(claims: Mapping[str, Any], required_domains: Iterable[str] | str) -> None:
+    """Google Workspace domains: the ``hd`` claim must be one of ``required_domains``.
 
     Only the signed ``hd`` claim counts. The email's suffix proves nothing (a personal Google
     account can carry any address) and the ``hd`` authorize parameter only styles the login page.
     """
-    allowed = {d.strip().lstrip("@").casefold() for d in _as_list(allowed_domains)}
+    allowed = {d.strip().lstrip("@").casefold() for d in _as_list(required_domains)}
     if not allowed:
         return
     hd = claims.get("hd")

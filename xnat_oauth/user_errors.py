@@ -18,20 +18,22 @@ from tornado.httpclient import HTTPClientError
 
 from .errors import (
     LoginThrottled,
-    NotAllowedJupyter,
     XnatAuthError,
     XnatForbidden,
     XnatOAuthError,
     XnatUnavailable,
 )
 from .oidc.errors import IdTokenError, ProviderUnavailable
-from .xnat_login import UsernameMismatch
 
 BEARER_REFUSED_HELP = (
-    "XNAT refused the identity provider's token. On the XNAT side, XNAT's OpenID plugin (1.6 or "
-    "later) must accept Bearer tokens for this provider: set openid.{p}.bearer.enabled=true and add "
-    "this hub's client id to openid.{p}.audCheck.acceptedAudiences. Or set "
-    "c.XnatOAuthenticator.xnat_token_exchange = 'off'."
+    "XNAT refused the identity provider's token. XNAT accepts provider tokens only through its "
+    "OpenID plugin 1.6.0 or later, on XNAT 1.10 (XNAT 1.8 and 1.9 have no Bearer path: there set "
+    "c.XnatOAuthenticator.xnat_token_exchange = 'off'). In XNAT's openid-provider.properties, for "
+    "provider '{p}': openid.{p}.bearer.enabled=true; openid.{p}.issuer = the provider's exact "
+    "issuer and openid.{p}.jwksUri = its JWKS URL (without both, every token is refused); "
+    "openid.{p}.audCheck.acceptedAudiences = this hub's client id; and either an XNAT account "
+    "already mapped to this identity or openid.{p}.bearer.forceUserCreate=true. The provider's "
+    "email-domain filter (openid.{p}.allowedEmailDomains) applies to the token's email too."
 )
 
 PROVIDER_FAILED = "The identity provider refused or failed the login. Please try again."
@@ -70,9 +72,6 @@ def password_login_errors(log: logging.Logger | logging.LoggerAdapter, username:
     except XnatAuthError as e:
         log.warning("XNAT password login refused for %r: %s", short(username), e)
         raise user_error(403, XnatAuthError.user_message) from None
-    except NotAllowedJupyter as e:
-        log.warning("XNAT password login: %s", e)
-        raise user_error(403, e.user_message) from None
     except XnatUnavailable as e:
         log.error("XNAT password login failed, XNAT unavailable: %s", e)
         raise user_error(503, XnatUnavailable.user_message) from None
@@ -87,9 +86,6 @@ def oidc_login_errors(log: logging.Logger | logging.LoggerAdapter, provider_id: 
         yield
     except IdTokenError as e:
         log.warning("OpenID login refused, ID token %s: %s", e.reason, e)
-        raise user_error(403, e.user_message) from None
-    except UsernameMismatch as e:
-        log.error("OpenID login refused: %s", e)
         raise user_error(403, e.user_message) from None
     except (XnatAuthError, XnatForbidden) as e:
         log.error("XNAT refused the Bearer token exchange: %s", e)

@@ -378,14 +378,17 @@ class XnatClient:
         return v is True or (isinstance(v, str) and v.lower() == "true")
 
     async def can_start_jupyter(self, username: str, auth: Credentials) -> bool:
-        """The plugin's rule: role ``Jupyter`` (or admin) or the site-wide preference.
+        """The plugin's rule: role ``Jupyter`` or the site-wide preference ``allUsersCanStartJupyter``.
+
+        ``Administrator`` alone does not grant it: the plugin's ``JupyterUserAuthorization``
+        checks the Jupyter role and the preference only.
 
         Roles first: most users who log in have the role, and then one request is enough. The
         preference is asked only otherwise; a missing preference endpoint (plugin not
         installed: 404) means no.
         """
         roles = await self.user_roles(username, auth)
-        if {"Jupyter", "Administrator"} & set(roles):
+        if "Jupyter" in roles:
             return True
         try:
             return await self.all_users_can_start_jupyter(auth)

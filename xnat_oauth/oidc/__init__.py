@@ -21,7 +21,6 @@ from .errors import (
     ProviderMisconfigured,
     ProviderUnavailable,
     UnusableClaim,
-    UnverifiedEmail,
 )
 from .id_token import ALLOWED_ALGS, check_userinfo_sub, merge_claims, verify_id_token
 from .presets import PRESETS, ProviderPreset, generic_preset, get_preset
@@ -42,7 +41,6 @@ __all__ = [
     "ProviderPreset",
     "ProviderUnavailable",
     "UnusableClaim",
-    "UnverifiedEmail",
     "check_provider_url",
     "check_userinfo_sub",
     "generic_preset",

@@ -148,15 +148,25 @@ class ClaimNotAllowed(OidcError):
         self.claim = claim
 
 
-class UnverifiedEmail(ClaimNotAllowed):
-    """The email would be used, but the provider does not say it is verified."""
+class InvalidXnatUsername(OidcError):
+    """The login maps to a name XNAT cannot have as a login (``Users.isValidUsername``)."""
 
-    def __init__(self):
+    def __init__(self, username: str, why: str):
         super().__init__(
-            "email_verified",
-            "email is used but email_verified is not true",
+            f"the login maps to the XNAT username {username!r}, which XNAT cannot have ({why})",
             user_message=(
-                "Your identity provider does not confirm that your email address is verified. "
-                "Verify it with your provider and log in again."
+                f"Your login maps to the XNAT username '{username}', which XNAT cannot have: {why}. "
+                "XNAT usernames start with a letter and have at most 64 letters, digits or - _ ' . "
+                "Please tell the hub's administrator: the username pattern must change (in XNAT's "
+                "OpenID plugin and in the hub alike), or XNAT must map your login to an account."
             ),
         )
+        self.username = username
+        self.why = why
+
+
+class IdentityConflict(OidcError):
+    """Another identity arrived at a hub user bound to someone else (or the reverse)."""
+
+    def __init__(self, message: str, *, user_message: str):
+        super().__init__(message, user_message=user_message)

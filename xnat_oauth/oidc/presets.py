@@ -40,8 +40,6 @@ class ProviderPreset:
     login_service: str
     #: the provider's id in XNAT's openid-auth-plugin, the ``[providerId]`` of the username pattern
     xnat_provider_id: str
-    #: the email claim counts only when ``email_verified`` is true (Google documents this)
-    email_requires_verified: bool = True
     #: name of the authorize parameter that picks the user's home IdP, if the provider has one
     #: (AAF: ``entityID`` sends the user straight there, skipping AAF's discovery page)
     idp_entity_id_param: str | None = None
@@ -74,9 +72,6 @@ def _aaf(name: str, host: str) -> ProviderPreset:
         scopes=_AAF_SCOPES,
         login_service="AAF",
         xnat_provider_id="aaf",
-        # AAF documents no email_verified and its email must never key an account; nothing is
-        # gained by demanding a claim AAF never sends, so the email is simply not trusted as a key.
-        email_requires_verified=False,
         idp_entity_id_param="entityID",
     )
 
@@ -92,7 +87,6 @@ PRESETS: dict[str, ProviderPreset] = {
         scopes=_OIDC_SCOPES,
         login_service="Google",
         xnat_provider_id="google",
-        email_requires_verified=True,
     ),
 }
 
@@ -115,7 +109,7 @@ def generic_preset(
     login_service: str = "OpenID Connect",
     scopes: tuple[str, ...] = _OIDC_SCOPES,
 ) -> ProviderPreset:
-    """A preset for any other issuer: discovery at the standard place, email only if verified."""
+    """A preset for any other issuer: discovery at the standard place."""
     if not issuer:
         raise ConfigError("oidc_issuer is empty")
     if not xnat_provider_id:
@@ -131,5 +125,4 @@ def generic_preset(
         scopes=tuple(scopes),
         login_service=login_service,
         xnat_provider_id=xnat_provider_id,
-        email_requires_verified=True,
     )
