@@ -75,7 +75,7 @@ def _serve_emulator(root: str, conn) -> None:
     """Child process: run an emulator and answer ``(method, args, kwargs)`` requests on ``conn``."""
     emu = XnatEmulator(root=Path(root)).start()
     conn.send(emu.url)
-    allowed = {"add_user", "enable_bearer"}
+    allowed = {"add_user", "add_openid_account", "enable_bearer"}
     try:
         while True:
             method, args, kwargs = conn.recv()
@@ -115,6 +115,9 @@ class RemoteXnat:
 
     def add_user(self, *args, **kwargs):
         return self._call("add_user", *args, **kwargs)
+
+    def add_openid_account(self, *args, **kwargs):
+        return self._call("add_openid_account", *args, **kwargs)
 
     def enable_bearer(self, *args, **kwargs):
         return self._call("enable_bearer", *args, **kwargs)
@@ -487,7 +490,7 @@ async def run(out: Path, *, logins: int, concurrency: int, rounds: int, profile_
             pool = [f"bench{i:03d}" for i in range(max(2 * concurrency, WARMUP_LOGINS))]
             for login in pool:
                 claims = provider.aaf_account(login)
-                xnat.add_user(f"{PROVIDER_ID}_{claims['sub']}", None, roles=["Jupyter"])
+                xnat.add_openid_account(PROVIDER_ID, f"{PROVIDER_ID}_{claims['sub']}", roles=["Jupyter"])
             variants = _make_variants(tmp, provider, xnat, endpoints, profile)
             await asyncio.gather(*(asyncio.to_thread(v.hub.start) for v in variants))
             idp_pid = child_pid(str(tmp / "idp"))

@@ -116,7 +116,8 @@ def seed_aaf_user(xnat: XnatEmulator, idp: OidcProvider, login: str, projects) -
     """An AAF identity and its XNAT account, named as XNAT's OpenID plugin names it."""
     claims = idp.aaf_account(login, affiliation=("staff@example.edu.au",))
     name = f"aaf_{claims['sub']}"
-    xnat.add_user(name, None, roles=["Jupyter"], first_name=login.capitalize(), email=claims["email"])
+    # as the plugin's forceUserCreate makes it: the login is the pattern's rendering
+    xnat.add_openid_account("aaf", name, roles=["Jupyter"], first_name=login.capitalize(), email=claims["email"])
     for p in projects:
         xnat.grant(name, p)
     return name

@@ -167,7 +167,7 @@ def test_aaf_login_then_a_started_server_shows_the_users_xnat_data(
     login = "brw" + secrets.token_hex(4)
     account = provider.aaf_account(login)
     name = f"aaf_{account['sub']}"
-    xnat.add_user(name, None, roles=["Jupyter"])
+    xnat.add_openid_account("aaf", name, roles=["Jupyter"])
     xnat.grant(name, PROJECT)
 
     page.goto(hub.url + "/hub/login")

@@ -476,7 +476,7 @@ async def test_good_config_passes_every_check(world, oidc_aaf, aaf_user):
     )
     xnat.enable_bearer("aaf", issuer=oidc_aaf.issuer, jwks_url=jwks_uri, accepted_audiences=[oidc["client_id"]])
     person = f"aaf_{aaf_user.sub}"
-    xnat.add_user(person, roles=["Jupyter"])
+    xnat.add_openid_account("aaf", person, roles=["Jupyter"])
     args = ("--bearer-token-file", world.token_file(id_token))
 
     report = await asyncio.to_thread(world.run, world.config(oidc=oidc), args=args)
@@ -559,10 +559,10 @@ async def test_bearer_token_accepted_but_xnat_maps_another_username(world, rogue
         issuer=rogue_idp.issuer,
         jwks_url=rogue_idp.url("/jwks"),
         accepted_audiences=[rogue_idp.client_id],
-        username_pattern="[providerId]_[email]",
     )
     xnat_name = "rogue_rogue.tester_example.org"
-    xnat.add_user(xnat_name, roles=["Jupyter"])
+    # a merged account: XNAT maps the pattern's rendering to another login
+    xnat.add_openid_account("rogue", f"rogue_{rogue_idp.account['sub']}", login=xnat_name, roles=["Jupyter"])
     args = ("--bearer-token-file", world.token_file(await rogue_id_token(rogue_idp)))
     report = await asyncio.to_thread(world.run, world.config(oidc=rogue_oidc(rogue_idp, world)), args=args)
     assert report.failing() == ["bearer-exchange"], report.explain()

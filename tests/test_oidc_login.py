@@ -40,7 +40,8 @@ class OidcWorld:
 
     def xnat_user_for(self, account) -> str:
         name = f"{self.provider_id}_{account.sub}"
-        self.xnat.add_user(name, None, roles=["Jupyter"])
+        # an account the OpenID plugin auto-created: login == auth_user (the pattern's rendering)
+        self.xnat.add_openid_account(self.provider_id, name, roles=["Jupyter"])
         return name
 
     async def login(self, account, browser=None):
@@ -191,7 +192,7 @@ async def test_google_login_with_the_required_hosted_domain(google_world, xnat):
     login = "g" + secrets.token_hex(4)
     claims = google_world.provider.google_account(login, email=f"{login}@uni.example.edu", hd="uni.example.edu")
     name = f"google_{claims['sub']}"
-    xnat.add_user(name, None, roles=["Jupyter"])
+    xnat.add_openid_account("google", name, roles=["Jupyter"])
     async with HubBrowser(google_world.hub.url) as b:
         resp = await login_via_idp(b.client, google_world.hub.url + "/hub/oauth_login", login)
         assert resp.status_code == 302, resp.text

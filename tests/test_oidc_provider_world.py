@@ -12,6 +12,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
+
+pytestmark = pytest.mark.world
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
 from joserfc.jwk import KeySet
@@ -94,7 +96,8 @@ class LoopbackClient:
         """Verify the ID token against the provider's JWKS; returns its claims."""
         meta = await self.discover(http)
         keys = KeySet.import_key_set((await http.get(meta["jwks_uri"])).json())
-        token = jwt.decode(id_token, keys, algorithms=["RS256"])
+        alg = self.provider.id_token_alg
+        token = jwt.decode(id_token, keys, algorithms=[alg])
         jwt.JWTClaimsRegistry(
             iss={"essential": True, "value": self.provider.issuer},
             aud={"essential": True, "value": self.client_id},
@@ -102,7 +105,7 @@ class LoopbackClient:
             exp={"essential": True},
             sub={"essential": True},
         ).validate(token.claims)
-        assert token.header["alg"] == "RS256"
+        assert token.header["alg"] == alg
         return token.claims
 
     async def userinfo(self, http, access_token: str) -> dict:
@@ -220,3 +223,38 @@ async def test_conform_false_puts_scope_claims_in_id_token_and_stops_cleanly(oid
     assert claims["edu_person_scoped_affiliation"] == account["edu_person_scoped_affiliation"]
     assert "refresh_token" not in tokens and "offline_access" not in meta["scopes_supported"]
     assert provider.stop() == 0
+
+
+@pytest.mark.parametrize("alg", ["RS384", "RS512"])
+async def test_id_tokens_in_rs384_rs512_pass_xnats_bearer_path_access_tokens_stay_opaque(
+    oidc_provider_factory, xnat, alg
+):
+    provider = oidc_provider_factory(profile="generic", id_token_alg=alg, refresh=False)
+    login = new_login("gen")
+    provider.add_account(login, {"sub": "8" + secrets.token_hex(8), "email": f"{login}@example.org"})
+    rp = LoopbackClient(provider)
+    async with http_client() as http:
+        granted = await rp.authorize(http, login, "openid email")
+        tokens = await rp.exchange(http, granted)
+        claims = await rp.id_claims(http, tokens["id_token"], granted["nonce"])
+        meta = await rp.discover(http)
+    assert alg in meta["id_token_signing_alg_values_supported"]
+    assert tokens["access_token"].count(".") != 2, "access tokens are opaque, as Google's are"
+    xnat.set_openid_provider("gen", issuer=provider.issuer, jwks_uri=meta["jwks_uri"],
+                             accepted_audiences=[rp.client_id], force_user_create=True)
+    with httpx.Client(base_url=xnat.url, trust_env=False, timeout=10) as c:
+        def as_bearer(token):
+            return c.get("/xapi/users/username", headers={"Authorization": f"Bearer {token}"})
+
+        r = as_bearer(tokens["id_token"])
+        assert (r.status_code, r.text) == (200, f"gen_{claims['sub']}")
+        assert as_bearer(tokens["access_token"]).status_code == 401
+        # a token of the test's own making, signed with the provider's key: sub digit-first, so
+        # the plugin's [sub] pattern cannot make a login of it
+        mine = provider.sign({"iss": provider.issuer, "sub": "1234", "aud": rp.client_id,
+                              "exp": int(xnat.clock()) + 60})
+        assert as_bearer(mine).status_code == 200
+        xnat.set_openid_provider("gen", issuer=provider.issuer, jwks_uri=meta["jwks_uri"],
+                                 accepted_audiences=[rp.client_id], force_user_create=True,
+                                 username_pattern="[sub]")
+        assert as_bearer(mine).status_code == 403

@@ -145,7 +145,7 @@ def xnat_name(idp: RogueIdP) -> str:
 
 def add_xnat_account(xnat, idp: RogueIdP) -> str:
     name = xnat_name(idp)
-    xnat.add_user(name, None, roles=["Jupyter"])
+    xnat.add_openid_account(PROVIDER_ID, name, roles=["Jupyter"])  # auto-created: login == auth_user
     return name
 
 

@@ -16,14 +16,12 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
-from joserfc import jwk, jwt
 
-from tests.world.xnat_bearer import xnat_username
+pytestmark = pytest.mark.world
 
 REPO = Path(__file__).resolve().parents[1]
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -419,158 +417,6 @@ def test_go_down_refuses_connections_and_come_up_keeps_port_and_state(xnat, http
     xnat.come_up()
     assert xnat.url == url
     assert http.get("/xapi/users/username", auth=A).text == "alice"
-
-
-# -- Bearer -----------------------------------------------------------------------------------
-
-
-class _Jwks:
-    """A loopback JWKS endpoint whose key set a test can rotate."""
-
-    def __init__(self):
-        self.keys = [jwk.RSAKey.generate_key(2048, auto_kid=True)]
-        self.fetches = 0
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.fetches += 1
-                body = json.dumps({"keys": [k.as_dict(private=False) for k in outer.keys]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def token(self, key=None, alg="RS256", **claims):
-        key = key or self.keys[0]
-        now = int(time.time())
-        body = {"iss": ISS, "sub": "YAdr3eQ", "aud": "hub", "iat": now, "exp": now + 300}
-        body.update(claims)
-        body = {k: v for k, v in body.items() if v is not None}
-        return jwt.encode({"alg": alg, "kid": key.kid}, body, key, algorithms=[alg])
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-ISS = "https://idp.example.org"
-
-
-@pytest.fixture
-def jwks():
-    j = _Jwks()
-    yield j
-    j.close()
-
-
-def _bearer(http, token, path="/data/services/tokens/issue"):
-    return http.get(path, headers={"Authorization": f"Bearer {token}"})
-
-
-def test_bearer_off_by_default_and_audience_gate_closed(xnat, http, jwks):
-    xnat.add_user("aaf_YAdr3eQ")
-    assert _bearer(http, jwks.token()).status_code == 401  # plugin not enabled
-    xnat.enable_bearer("aaf", issuer=ISS, jwks_url=jwks.url)
-    assert _bearer(http, jwks.token()).status_code == 403  # no accepted audience set
-    xnat.enable_bearer("aaf", issuer=ISS, jwks_url=jwks.url, accepted_audiences=["hub"])
-    r = _bearer(http, jwks.token())
-    assert r.status_code == 200 and r.json()["xdatUserId"] == "aaf_YAdr3eQ"
-    assert "set-cookie" not in r.headers  # no session for Bearer
-    assert xnat.calls[-1].auth_kind == "bearer" and xnat.calls[-1].user == "aaf_YAdr3eQ"
-    assert _bearer(http, jwks.token(aud=["other", "hub"])).status_code == 200
-    assert _bearer(http, jwks.token(aud="other")).status_code == 403
-    assert _bearer(http, jwks.token(aud=None)).status_code == 403
-    assert _bearer(http, jwks.token(), "/xapi/users/username").text == "aaf_YAdr3eQ"
-
-
-def test_bearer_bad_tokens_are_401(xnat, http, jwks):
-    xnat.add_user("aaf_YAdr3eQ")
-    xnat.enable_bearer("aaf", issuer=ISS, jwks_url=jwks.url, accepted_audiences=["hub"])
-    now = int(time.time())
-    other_key = jwk.RSAKey.generate_key(2048, auto_kid=True)
-    forged = jwks.token(key=other_key).split(".")
-    forged_same_kid = jwt.encode({"alg": "RS256", "kid": jwks.keys[0].kid},
-                                 {"iss": ISS, "sub": "YAdr3eQ", "aud": "hub", "exp": now + 60}, other_key)
-    hs = jwt.encode({"alg": "HS256"}, {"iss": ISS, "sub": "YAdr3eQ", "aud": "hub", "exp": now + 60},
-                    jwk.OctKey.import_key("k" * 32), algorithms=["HS256"])
-    unsigned = jwks.token().rsplit(".", 1)[0].split(".")[1]
-    import base64
-    none_header = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode()
-    bad = [
-        jwks.token(exp=now - 10),
-        jwks.token(exp=None),
-        jwks.token(iss=ISS + "/"),
-        ".".join(forged),
-        forged_same_kid,
-        hs,
-        f"{none_header}.{unsigned}.",
-        "not-a-jwt",
-        jwks.token() + "x",
-    ]
-    for t in bad:
-        r = _bearer(http, t)
-        assert r.status_code == 401, t
-        assert t not in r.text
-
-
-def test_bearer_account_gates_and_username_pattern(xnat, http, jwks):
-    xnat.enable_bearer("aaf", issuer=ISS, jwks_url=jwks.url, accepted_audiences=["hub"])
-    assert _bearer(http, jwks.token(sub="nobody")).status_code == 403
-    xnat.add_user("aaf_off", enabled=False)
-    assert _bearer(http, jwks.token(sub="off")).status_code == 403
-    xnat.add_user("aaf_yadr3eq")  # case preserved: this is not aaf_YAdr3eQ
-    assert _bearer(http, jwks.token(sub="YAdr3eQ")).status_code == 403
-    xnat.enable_bearer("aaf", issuer=ISS, jwks_url=jwks.url, accepted_audiences=["hub"],
-                       username_pattern="[providerId]-[email]", auto_create=True)
-    r = _bearer(http, jwks.token(email="Jo.Smith+x@uni.edu.au"), "/xapi/users/username")
-    assert r.status_code == 200 and r.text == "aaf-Jo.Smith_x_uni.edu.au"
-    assert xnat._user("aaf-Jo.Smith_x_uni.edu.au") is not None  # auto-created
-    assert _bearer(http, jwks.token(email=None)).status_code == 403  # pattern claim missing
-
-
-def test_bearer_odd_audience_claims_are_refused_not_a_crash(xnat, http, jwks):
-    xnat.add_user("aaf_YAdr3eQ")
-    xnat.enable_bearer("aaf", issuer=ISS, jwks_url=jwks.url, accepted_audiences=["hub"])
-    for aud in ([{"x": 1}], [["hub"]], 7, {"hub": 1}):
-        assert _bearer(http, jwks.token(aud=aud)).status_code in (401, 403), aud
-
-
-def test_username_pattern_rules():
-    claims = {"sub": "YAdr3eQ/+=", "email": "a b@c"}
-    assert xnat_username("[providerId]_[sub]", "aaf", claims) == "aaf_YAdr3eQ___"
-    assert xnat_username("[email]", "g", claims) == "a_b_c"
-    assert xnat_username("[providerId]_[nope]", "g", claims) is None
-    assert xnat_username("x_[sub]'.-", "g", {"sub": "Ab"}) == "x_Ab'.-"
-
-
-def test_bearer_jwks_cached_and_refetched_on_new_kid(xnat, http, jwks):
-    xnat.add_user("aaf_YAdr3eQ")
-    xnat.enable_bearer("aaf", issuer=ISS, jwks_url=jwks.url, accepted_audiences=["hub"])
-    for _ in range(3):
-        assert _bearer(http, jwks.token()).status_code == 200
-    assert jwks.fetches == 1
-    new = jwk.RSAKey.generate_key(2048, auto_kid=True)
-    jwks.keys = [new]  # rotation at the provider
-    assert _bearer(http, jwks.token(key=new)).status_code == 200
-    assert jwks.fetches == 2
-    ec = jwk.ECKey.generate_key("P-256", auto_kid=True)
-    jwks.keys = [new, ec]
-    assert _bearer(http, jwks.token(key=ec, alg="ES256")).status_code == 200
-
-
-def test_bearer_jwks_url_must_be_loopback(xnat):
-    with pytest.raises(ValueError):
-        xnat.enable_bearer("x", issuer=ISS, jwks_url="https://idp.example.org/jwks")
 
 
 # -- secrets, observation, demo, CLI ----------------------------------------------------------

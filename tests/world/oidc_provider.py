@@ -25,6 +25,8 @@ SCRIPT = HERE / "oidc" / "provider.mjs"
 NODE_MODULES = REPO_ROOT / "node_modules"
 
 PROFILES = ("aaf", "google", "generic")
+#: ID token algorithms the provider can use; all three are what XNAT's OpenID plugin verifies
+ID_TOKEN_ALGS = ("RS256", "RS384", "RS512")
 AUTH_METHODS = ("client_secret_post", "client_secret_basic")
 _ALNUM = string.ascii_letters + string.digits
 
@@ -60,10 +62,16 @@ class OidcProvider:
         access_token_ttl: int = 3600,
         refresh: bool = True,
         conform_id_token_claims: bool = True,
+        id_token_alg: str = "RS256",
         start_timeout: float = 30.0,
     ):
+        """``id_token_alg``: how ID tokens are signed (one RSA key, published with that ``alg``).
+        Access tokens are opaque whatever it is, as Google's and AAF's are to XNAT."""
         if profile not in PROFILES:
             raise ValueError(f"profile must be one of {PROFILES}")
+        if id_token_alg not in ID_TOKEN_ALGS:
+            raise ValueError(f"id_token_alg must be one of {ID_TOKEN_ALGS}")
+        self.id_token_alg = id_token_alg
         self.state_dir = Path(state_dir)
         self.profile = profile
         self.refresh = refresh
@@ -74,6 +82,7 @@ class OidcProvider:
             "access_token_ttl": access_token_ttl,
             "refresh": refresh,
             "conform_id_token_claims": conform_id_token_claims,
+            "id_token_alg": id_token_alg,
         }
         self._start_timeout = start_timeout
         self._proc: subprocess.Popen | None = None
@@ -181,8 +190,21 @@ class OidcProvider:
         return self.issuer + "/.well-known/openid-configuration"
 
     def signing_jwk(self) -> dict:
-        """The provider's private RS256 JWK, for tests that need a validly signed bad token."""
+        """The provider's private RSA JWK (``alg`` = ``id_token_alg``), for tests that need a
+        validly signed token with claims of their choosing (:meth:`sign`)."""
         return json.loads((self.state_dir / "signing_jwk.json").read_text())
+
+    def sign(self, claims: dict, *, header: dict | None = None) -> str:
+        """A JWT signed with the provider's own key (valid at its JWKS), with exactly ``claims``:
+        e.g. a Bearer token for XNAT with a chosen ``sub``, ``email`` or ``exp``. The header gets
+        ``alg`` and ``kid``; ``header`` adds or overrides fields (``typ``...)."""
+        from joserfc import jwt
+        from joserfc.jwk import RSAKey
+
+        jwk = self.signing_jwk()
+        key = RSAKey.import_key({k: v for k, v in jwk.items() if k not in ("alg", "use")})
+        head = {"alg": jwk["alg"], "kid": jwk["kid"], **(header or {})}
+        return jwt.encode(head, claims, key, algorithms=[head["alg"]])
 
     # -- clients and accounts ----------------------------------------------------
 

@@ -122,9 +122,12 @@ class RogueIdP:
         self._rsa = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"}, auto_kid=True)
         self._ec = ECKey.generate_key("P-256", parameters={"use": "sig", "alg": "ES256"}, auto_kid=True)
         self._published = [self._rsa, self._ec]
+        #: RS384/RS512 keys, made (and published) the first time a test signs with them
+        self._rsa_more: dict[str, RSAKey] = {}
         # Same types, never published: what a forger holds.
         self._rogue_rsa = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"})
         self._rogue_ec = ECKey.generate_key("P-256", parameters={"use": "sig", "alg": "ES256"})
+        self._rogue_more: dict[str, RSAKey] = {}
         self._codes: dict[str, _Grant] = {}
         self._access_tokens: dict[str, _Session] = {}
         self._refresh_tokens: dict[str, _Session] = {}
@@ -139,7 +142,7 @@ class RogueIdP:
 
         Keys stay (a server shared by several tests keeps its identity); rotated keys stay published.
         """
-        #: "RS256" or "ES256": how OK tokens are signed
+        #: "RS256", "RS384", "RS512" or "ES256": how OK tokens are signed
         self.signing_alg = self._default_alg
         #: accounts by login_hint; the authorize request's login_hint picks one
         self.accounts: dict[str, dict[str, Any]] = {
@@ -253,14 +256,38 @@ class RogueIdP:
         return [k.kid for k in self._published]
 
     def signing_key(self, alg: str = "RS256") -> RSAKey | ECKey:
-        """The published private key currently used for ``alg`` (for hooks that sign themselves)."""
-        return self._rsa if alg == "RS256" else self._ec
+        """The published private key currently used for ``alg`` (for hooks that sign themselves).
+
+        ``RS384``/``RS512`` keys are made and published (with that ``alg``) on first use."""
+        if alg == "RS256":
+            return self._rsa
+        if alg in ("RS384", "RS512"):
+            if alg not in self._rsa_more:
+                key = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": alg}, auto_kid=True)
+                self._rsa_more[alg] = key
+                self._published = [*self._published, key]
+            return self._rsa_more[alg]
+        if alg == "ES256":
+            return self._ec
+        raise ValueError(f"no signing key for {alg!r}")
+
+    def _forger_key(self, alg: str) -> RSAKey | ECKey:
+        if alg == "RS256":
+            return self._rogue_rsa
+        if alg in ("RS384", "RS512"):
+            if alg not in self._rogue_more:
+                self._rogue_more[alg] = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": alg})
+            return self._rogue_more[alg]
+        return self._rogue_ec
 
     def rotate_key(self, alg: str = "RS256") -> str:
         """Publish a new signing key for ``alg`` and sign with it from now on; returns its kid."""
         if alg == "RS256":
             key = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"}, auto_kid=True)
             self._rsa = key
+        elif alg in ("RS384", "RS512"):
+            key = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": alg}, auto_kid=True)
+            self._rsa_more[alg] = key
         else:
             key = ECKey.generate_key("P-256", parameters={"use": "sig", "alg": "ES256"}, auto_kid=True)
             self._ec = key
@@ -283,7 +310,7 @@ class RogueIdP:
             "response_types_supported": ["code"],
             "grant_types_supported": ["authorization_code", "refresh_token"],
             "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+            "id_token_signing_alg_values_supported": ["RS256", "ES256", *sorted(self._rsa_more)],
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "scopes_supported": ["openid", "profile", "email", "offline_access"],
@@ -359,7 +386,7 @@ class RogueIdP:
         elif mode is TokenMode.BAD_AT_HASH:
             claims["at_hash"] = create_half_hash("another-access-token", alg).decode("ascii")
 
-        published = self._rsa if alg == "RS256" else self._ec
+        published = self.signing_key(alg)
         header: dict[str, Any] = {"alg": alg, "kid": published.kid, "typ": "JWT"}
         if self.id_token_hook is not None:
             return self.id_token_hook(claims, header)
@@ -374,12 +401,35 @@ class RogueIdP:
             head = {**header, "alg": "HS256", "kid": self._rsa.kid}
             signing_input = self._signing_input(head, claims)
             return self._unsigned(head, claims, hmac.new(secret, signing_input, hashlib.sha256).digest())
-        rogue = self._rogue_rsa if alg == "RS256" else self._rogue_ec
+        rogue = self._forger_key(alg)
+        algs = [alg]  # joserfc signs only "recommended" algorithms unless told (RS384/RS512 are not)
         if mode is TokenMode.FORGED_SIGNATURE:
-            return jwt.encode(header, claims, rogue)
+            return jwt.encode(header, claims, rogue, algorithms=algs)
         if mode is TokenMode.UNKNOWN_KID:
-            return jwt.encode({**header, "kid": "unpublished-" + secrets.token_hex(8)}, claims, rogue)
-        return jwt.encode(header, claims, published)
+            return jwt.encode({**header, "kid": "unpublished-" + secrets.token_hex(8)}, claims, rogue, algorithms=algs)
+        return jwt.encode(header, claims, published, algorithms=algs)
+
+    def add_account(self, login: str, **claims: Any) -> dict[str, Any]:
+        """Add (or replace) an account with claims of the test's choosing; returns its claims.
+
+        Unnamed claims are the default account's profile with a fresh ``sub``; a claim given as
+        None is left out (an account without ``email``). Log in as it by setting
+        ``idp.default_account = login`` (the hub sends no login_hint), or sign a token for it
+        directly with :meth:`bearer_token`. Two subjects that render to one XNAT name:
+        ``add_account("a", sub="alice@x")`` and ``add_account("b", sub="alice_x")``.
+        """
+        base = {k: v for k, v in self.accounts["default"].items() if k != "sub"} if "default" in self.accounts else {}
+        merged = {"sub": mixed_case_sub(), **base, **claims}
+        self.accounts[login] = {k: v for k, v in merged.items() if v is not None}
+        return dict(self.accounts[login])
+
+    def bearer_token(self, account: str | None = None, *, alg: str | None = None, **overrides: Any) -> str:
+        """An honestly signed ID token for ``account`` (profile claims included), with ``overrides``
+        applied (None removes a claim): a token to send to XNAT's Bearer path in a test."""
+        claims = self.id_token_claims(account, alg=alg)
+        claims.update(overrides)
+        claims = {k: v for k, v in claims.items() if v is not None}
+        return self.make_id_token(claims, mode=TokenMode.OK, alg=alg)
 
     @staticmethod
     def _signing_input(header: dict, claims: dict) -> bytes:

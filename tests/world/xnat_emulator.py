@@ -3,7 +3,8 @@
 XNAT cannot run here, so this reproduces the parts of its REST API the project talks to
 (see ``shared/brief/xnat.md`` and ``shared/reference/xnat``): Basic auth with passwords or
 alias tokens, JSESSIONID sessions, the lockout, alias tokens, users, roles, projects, the
-JupyterHub plugin's preference and user-options, and the openid plugin's Bearer acceptance.
+JupyterHub plugin's preference and user-options, and the OpenID plugin's Bearer path with XNAT's
+auth-mapping table (rules in :mod:`tests.world.xnat_bearer`).
 
 The server is tornado on its own asyncio loop in a daemon thread, so it works under any test
 event loop and from sync code. Control methods (``add_user``, ``fault``, ...) are thread-safe:
@@ -13,7 +14,9 @@ Deliberate choices where XNAT leaves room:
 
 * A request without any credentials gets 401 everywhere (XNAT would treat it as guest, which
   is 401 or 403 depending on the endpoint; 401 is what a client must handle anyway).
-* An ``Authorization`` header wins over a ``JSESSIONID`` cookie, as in Spring Security.
+* An ``Authorization: Basic`` header wins over a ``JSESSIONID`` cookie, as in Spring Security;
+  a live session wins over a ``Bearer`` header (the OpenID plugin's
+  ``BearerTokenAuthenticationFilter`` skips requests already authenticated).
 * Password login matches the username case-insensitively (exact spelling first) and every
   answer uses XNAT's own spelling; all other lookups (paths, Bearer) are exact.
 """
@@ -43,7 +46,17 @@ from typing import Any, Callable, Iterable
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from tests.world.xnat_bearer import BearerProvider, BearerRejected, BearerVerifier
+from tests.world.xnat_bearer import (
+    XNAT_USERNAME_RULE,
+    BearerIdentity,
+    BearerRejected,
+    BearerVerifier,
+    OpenIdProvider,
+    bearer_identity,
+    is_valid_xnat_username,
+    providers_from_properties,
+    sanitize_username,
+)
 
 ENDPOINTS = (
     "tokens.issue",
@@ -65,8 +78,6 @@ FAULT_KINDS = ("drop", "slow", "error", "html", "garbage")
 AUTH_KINDS = ("basic-password", "basic-token", "session", "bearer", "none")
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
-# XNAT's own username alphabet; also what keeps a username safe as a path component here
-_USERNAME = re.compile(r"^[A-Za-z0-9_\-'][A-Za-z0-9_\-'.]{0,254}$")
 _PROJECT_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _SECRET_IN_PATH = re.compile(r"(/tokens/(?:validate|invalidate)/[^/?#]+/)[^/?#]+")
 _SECRET_ALPHABET = string.ascii_letters + string.digits
@@ -115,6 +126,19 @@ class _User:
     @property
     def is_admin(self) -> bool:
         return "Administrator" in self.roles
+
+
+@dataclass
+class _AuthMapping:
+    """One ``openid`` row of XNAT's auth-mapping table ``xhbm_xdat_user_auth``: the key is
+    (provider id, ``auth_user``), ``login`` is the XNAT account (``xdat_username``). Failed logins
+    and the lockout are kept PER ROW in XNAT (``HibernateXdatUserAuthService.addFailedLoginAttempt``,
+    ``XDATUser.isAccountNonLocked`` reads the row the login came through), so a password lockout
+    (the ``localdb`` row, :attr:`XnatEmulator._lockouts`) does not lock this one."""
+
+    login: str
+    failures: int = 0
+    locked_until: float | None = None
 
 
 @dataclass
@@ -204,7 +228,13 @@ class XnatEmulator:
         self._options: dict[tuple[str, str], dict] = {}
         self._options_raw: set[tuple[str, str]] = set()
         self._faults: list[_Fault] = []
-        self._bearer: dict[str, BearerProvider] = {}
+        self._openid: dict[str, OpenIdProvider] = {}
+        self._auth_map: dict[tuple[str, str], _AuthMapping] = {}
+        #: SiteConfigPreferences.emailVerification (default true): the Bearer path refuses an
+        #: unverified account while it is on (OpenIdAccountPolicy.isEmailVerificationRequired)
+        self.email_verification = True
+        #: (status, reason) of refused Bearer requests, newest last; cleared by reset()
+        self.bearer_refusals: list[tuple[int, str]] = []
         self._next_user_id = 1
         self._next_token_id = 1
         self.calls: list[Call] = []
@@ -342,10 +372,15 @@ class XnatEmulator:
         """Create (or replace, keeping its id) an account; ``password=None``: no password login.
 
         Names are unique whatever their case, as password login ignores case: adding ``alice``
-        replaces an ``Alice`` (and respells it).
+        replaces an ``Alice`` (and respells it, also in the auth-mapping table). The name must
+        follow XNAT's rule (``Patterns.EXPR_USERNAME``, ``Users.isValidUsername``): a letter,
+        then up to 63 of ``A-Za-z0-9-_'.``.
         """
-        if not isinstance(username, str) or not _USERNAME.match(username):
-            raise ValueError(f"invalid XNAT username {username!r}")
+        if not is_valid_xnat_username(username):
+            raise ValueError(
+                f"invalid XNAT username {username!r}: XNAT logins match {XNAT_USERNAME_RULE} "
+                "(a letter first, at most 64 characters)"
+            )
         salt = secrets.token_bytes(16) if password is not None else None
         with self._lock:
             old = self._users.get(username) or self._find_user_ci(username)
@@ -354,6 +389,9 @@ class XnatEmulator:
             else:
                 uid = old.id
                 del self._users[old.username]
+                for row in self._auth_map.values():
+                    if row.login == old.username:
+                        row.login = username
             u = _User(
                 id=uid,
                 username=username,
@@ -441,6 +479,16 @@ class XnatEmulator:
 
     def _reset_prefs(self):
         self._prefs = {"allUsersCanStartJupyter": False}
+
+    def can_start_jupyter(self, username: str) -> bool:
+        """Whether XNAT lets ``username`` start Jupyter: the site preference
+        ``allUsersCanStartJupyter`` or the role ``Jupyter``; ``Administrator`` alone does not
+        (NrgXnat/xnat-jupyterhub-plugin ``authorization/JupyterUserAuthorization.checkJupyter``)."""
+        with self._lock:
+            u = self._users.get(username)
+            if u is None:
+                return False
+            return self._prefs.get("allUsersCanStartJupyter") is True or "Jupyter" in u.roles
 
     # -- alias tokens --------------------------------------------------------------------
 
@@ -601,7 +649,92 @@ class XnatEmulator:
                     del self._options[key]
                     self._options_raw.discard(key)
 
-    # -- Bearer --------------------------------------------------------------------------
+    # -- XNAT's OpenID plugin: providers and the auth-mapping table ------------------------------
+
+    def set_openid_provider(
+        self,
+        provider_id: str,
+        *,
+        issuer: str | None = None,
+        jwks_uri: str | None = None,
+        bearer_enabled: bool = True,
+        accepted_audiences: Iterable[str] = (),
+        aud_check: bool | None = None,
+        username_pattern: str | None = None,
+        force_user_create: bool = False,
+        bearer_force_user_create: bool | None = None,
+        filter_email_domains: bool = False,
+        allowed_email_domains: Iterable[str] | None = None,
+        email_property: str | None = "email",
+        given_name_property: str | None = "given_name",
+        family_name_property: str | None = "family_name",
+        auto_enabled: bool = True,
+        auto_verified: bool = True,
+        link_existing_source: str | None = None,
+        properties: dict | None = None,
+    ) -> OpenIdProvider:
+        """Configure (or replace) one OpenID provider as its ``openid.<provider_id>.*`` properties.
+
+        Keywords map to the plugin's properties: ``issuer``/``jwks_uri`` (``issuer``, ``jwksUri``:
+        both REQUIRED for the Bearer path, or every token is 401), ``bearer_enabled``
+        (``bearer.enabled``), ``accepted_audiences`` (``audCheck.acceptedAudiences``: empty keeps
+        the audience gate closed, every token 403), ``aud_check`` (``bearer.audCheck.enabled``;
+        None: the plugin's default, on), ``username_pattern`` (``usernamePattern``; None: the
+        plugin's ``[providerId]_[sub]``), ``force_user_create`` / ``bearer_force_user_create``,
+        ``filter_email_domains``/``allowed_email_domains`` (``shouldFilterEmailDomains``,
+        ``allowedEmailDomains``), ``*_property`` (which claim fills the account's email and
+        names; None: unset, as the plugin's default is), ``auto_enabled``/``auto_verified`` (the
+        provider attributes for accounts it creates; NRG's samples set both true, XNAT's default is
+        false), ``link_existing_source`` (``linkExisting.enabled`` + ``.sourceProvider``).
+        ``properties`` adds raw plugin keys (without ``openid.<id>.``), which win.
+        """
+        props: dict[str, object] = {
+            "bearer.enabled": bearer_enabled,
+            "issuer": issuer,
+            "jwksUri": jwks_uri,
+            "usernamePattern": username_pattern,
+            "forceUserCreate": force_user_create,
+            "bearer.forceUserCreate": bearer_force_user_create,
+            "shouldFilterEmailDomains": filter_email_domains,
+            "allowedEmailDomains": list(allowed_email_domains) if allowed_email_domains is not None else None,
+            "emailProperty": email_property,
+            "givenNameProperty": given_name_property,
+            "familyNameProperty": family_name_property,
+            "auto.enabled": auto_enabled,
+            "auto.verified": auto_verified,
+        }
+        audiences = list(accepted_audiences)
+        if audiences:
+            props["audCheck.acceptedAudiences"] = audiences
+        if aud_check is not None:
+            props["bearer.audCheck.enabled"] = aud_check
+        if link_existing_source is not None:
+            props["linkExisting.enabled"] = True
+            props["linkExisting.sourceProvider"] = link_existing_source
+        props.update(properties or {})
+        provider = OpenIdProvider(provider_id, props)
+        with self._lock:
+            self._openid[provider_id] = provider
+        self._verifier_forget(provider_id)
+        return copy.deepcopy(provider)
+
+    def load_openid_properties(self, text: str) -> list[str]:
+        """Configure providers from the text of an XNAT ``*-provider.properties`` file (what a
+        site writes: ``provider.id``, ``auto.enabled``, ``openid.<id>.*``), parsed as Java does
+        (trailing whitespace in a value is kept). Returns the provider ids configured."""
+        providers = providers_from_properties(text)
+        with self._lock:
+            for p in providers:
+                self._openid[p.provider_id] = p
+        for p in providers:
+            self._verifier_forget(p.provider_id)
+        return [p.provider_id for p in providers]
+
+    def openid_provider(self, provider_id: str) -> OpenIdProvider | None:
+        """A copy of one provider's configuration (resolved settings as properties)."""
+        with self._lock:
+            p = self._openid.get(provider_id)
+            return copy.deepcopy(p) if p is not None else None
 
     def enable_bearer(
         self,
@@ -613,22 +746,108 @@ class XnatEmulator:
         username_pattern: str = "[providerId]_[sub]",
         auto_create: bool = False,
     ):
-        """Turn on the openid plugin's Bearer acceptance for one provider (off by default).
+        """Shorthand for :meth:`set_openid_provider` with the Bearer path on.
 
         ``accepted_audiences`` empty keeps the audience gate closed: every token gets 403.
+        ``auto_create`` is ``forceUserCreate``.
         """
-        p = BearerProvider(provider_id, issuer, jwks_url, tuple(accepted_audiences), username_pattern, auto_create)
-        with self._lock:
-            self._bearer[provider_id] = p
-        self._verifier_forget(provider_id)
+        self.set_openid_provider(
+            provider_id,
+            issuer=issuer,
+            jwks_uri=jwks_url,
+            accepted_audiences=accepted_audiences,
+            username_pattern=username_pattern,
+            force_user_create=auto_create,
+        )
 
     def disable_bearer(self, provider_id: str | None = None):
+        """Remove one provider's configuration (all of them with ``None``); mappings stay."""
         with self._lock:
             if provider_id is None:
-                self._bearer.clear()
+                self._openid.clear()
             else:
-                self._bearer.pop(provider_id, None)
+                self._openid.pop(provider_id, None)
         self._verifier_forget(provider_id)
+
+    def add_openid_account(
+        self,
+        provider_id: str,
+        auth_user: str,
+        login: str | None = None,
+        *,
+        password: str | None = None,
+        roles: Iterable[str] = (),
+        enabled: bool = True,
+        verified: bool = True,
+        first_name: str = "",
+        last_name: str = "",
+        email: str = "",
+    ) -> str:
+        """Create (or replace) the XNAT account ``login`` and map (``provider_id``, ``auth_user``)
+        to it; returns the login.
+
+        ``auth_user`` is what the provider's ``usernamePattern`` renders from the claims (e.g.
+        ``aaf_<sub>``). ``login=None`` makes an account as the plugin's ``forceUserCreate`` does:
+        login = ``auth_user`` with characters outside ``A-Za-z0-9-_'.`` replaced by ``_``
+        (``OpenIdUserResolver.createUser``), refused if that breaks XNAT's username rule. A
+        different ``login`` is an account registered or merged through ``RegisterExternalLogin``
+        (``jsmith``). To map an account that already exists, use :meth:`link_openid_account`.
+        """
+        if not isinstance(auth_user, str) or not auth_user:
+            raise ValueError("auth_user must be a non-empty string")
+        if login is None:
+            login = sanitize_username(auth_user)
+            if login is None:
+                raise ValueError(
+                    f"the plugin cannot create an account for auth_user {auth_user!r}: its sanitised "
+                    f"form breaks XNAT's username rule {XNAT_USERNAME_RULE}"
+                )
+        with self._lock:
+            self.add_user(login, password, roles=roles, enabled=enabled, verified=verified,
+                          first_name=first_name, last_name=last_name, email=email)
+            self._auth_map[(provider_id, auth_user)] = _AuthMapping(login)
+        return login
+
+    def link_openid_account(self, provider_id: str, auth_user: str, login: str):
+        """Map (``provider_id``, ``auth_user``) to the existing account ``login`` (what merging at
+        ``RegisterExternalLogin.vm``, ``linkExisting`` or an admin does); replaces that key's row."""
+        if not isinstance(auth_user, str) or not auth_user:
+            raise ValueError("auth_user must be a non-empty string")
+        with self._lock:
+            u = self._users.get(login)
+            if u is None:
+                raise KeyError(f"no XNAT account {login!r}")
+            self._auth_map[(provider_id, auth_user)] = _AuthMapping(u.username)
+
+    def unlink_openid_account(self, provider_id: str, auth_user: str):
+        with self._lock:
+            self._auth_map.pop((provider_id, auth_user), None)
+
+    def openid_login(self, provider_id: str, auth_user: str) -> str | None:
+        """The login the mapping (``provider_id``, ``auth_user``) names, or None."""
+        with self._lock:
+            row = self._auth_map.get((provider_id, auth_user))
+            return row.login if row is not None else None
+
+    def openid_accounts(self, login: str | None = None) -> list[dict]:
+        """Rows of the auth-mapping table (of one login, or all): provider, auth_user, login, locked."""
+        with self._lock:
+            rows = []
+            for (pid, auth_user), row in sorted(self._auth_map.items()):
+                if login is None or row.login == login:
+                    self._expire_lock(row)
+                    rows.append({"provider": pid, "auth_user": auth_user, "login": row.login,
+                                 "locked": row.locked_until is not None})
+            return rows
+
+    def lock_openid_account(self, provider_id: str, auth_user: str, locked: bool = True):
+        """Lock (or unlock) one mapping row for ``lockout_seconds``, as ``maxFailedLogins`` failed
+        logins through it would; its Bearer tokens then get 403. A password lockout does NOT do
+        this: XNAT locks the row the failures came through (see :class:`_AuthMapping`)."""
+        with self._lock:
+            row = self._auth_map[(provider_id, auth_user)]
+            row.failures = self.lockout_threshold if locked else 0
+            row.locked_until = self.clock() + self.lockout_seconds if locked else None
 
     def _verifier_forget(self, provider_id):
         # the JWKS cache lives on the loop; touch it there when running
@@ -672,15 +891,19 @@ class XnatEmulator:
     def reset(self, *, data: bool = False):
         """Clear faults, lockouts, failure counters, sessions and the call log.
 
-        Users, projects, tokens (and user-options, preferences, Bearer set-up) are kept,
+        Users, projects, tokens (and user-options, preferences, OpenID providers and the
+        auth-mapping table) are kept,
         unless ``data=True``, which also drops all of those and empties the archive and
         workspace directories: a fresh XNAT on the same port.
         """
         with self._lock:
             self._faults.clear()
             self._lockouts.clear()
+            for row in self._auth_map.values():
+                row.failures, row.locked_until = 0, None
             self._sessions.clear()
             self.calls = []
+            self.bearer_refusals = []
             self._generation += 1
             if data:
                 self._users.clear()
@@ -688,7 +911,9 @@ class XnatEmulator:
                 self._tokens.clear()
                 self._options.clear()
                 self._options_raw.clear()
-                self._bearer.clear()
+                self._openid.clear()
+                self._auth_map.clear()
+                self.email_verification = True
                 self._reset_prefs()
                 self.demo_passwords = {}
         if data:
@@ -697,11 +922,11 @@ class XnatEmulator:
                 shutil.rmtree(d, ignore_errors=True)
                 d.mkdir(parents=True, exist_ok=True)
 
-    _DATA = ("_users", "_projects", "_tokens", "_prefs", "_options", "_options_raw", "_bearer",
-             "_next_user_id", "_next_token_id")
+    _DATA = ("_users", "_projects", "_tokens", "_prefs", "_options", "_options_raw", "_openid",
+             "_auth_map", "email_verification", "_next_user_id", "_next_token_id")
 
     def snapshot(self) -> dict:
-        """The data (users, projects, tokens, user-options, preferences, Bearer set-up)."""
+        """The data (users, projects, tokens, user-options, preferences, OpenID providers and mappings)."""
         with self._lock:
             return copy.deepcopy({k: getattr(self, k) for k in self._DATA})
 
@@ -809,25 +1034,80 @@ class XnatEmulator:
             self._sessions.pop(sid, None)
 
     async def _bearer_login(self, token: str) -> str:
-        """The XNAT user a Bearer token maps to, or raise BearerRejected."""
+        """The XNAT login a Bearer token authenticates, or raise BearerRejected (401/403).
+
+        NrgXnat/openid-auth-plugin ``bearer/BearerTokenAuthenticationFilter.doFilterInternal``:
+        verify (401), claim gates, pattern and email domain (403), then the account (403).
+        """
         with self._lock:
-            providers = list(self._bearer.values())
-        if not providers:
-            raise BearerRejected(401, "Bearer not enabled")
-        provider, claims, username = await self._verifier.verify(token, providers)
-        with self._lock:
-            u = self._users.get(username)
-            if u is not None and u.enabled and u.verified:
-                return u.username
-            if u is not None or not provider.auto_create:
-                raise BearerRejected(403, "no enabled account")
-        self.add_user(
-            username,
-            first_name=str(claims.get("given_name", "")),
-            last_name=str(claims.get("family_name", "")),
-            email=str(claims.get("email", "")),
-        )
-        return username
+            providers = list(self._openid.values())
+        try:
+            provider, claims = await self._verifier.verify(token, providers, self.clock())
+            ident = bearer_identity(provider, claims)
+            with self._lock:
+                return self._bearer_account(ident)
+        except BearerRejected as e:
+            with self._lock:
+                self.bearer_refusals = [*self.bearer_refusals[-999:], (e.status, e.reason)]
+            raise
+
+    def _bearer_account(self, ident: BearerIdentity) -> str:
+        """The filter's resolveUser and account checks; called with the lock held."""
+        pid = ident.provider.provider_id
+        # OpenIdUserResolver.resolveExisting: the (auth_user, "openid", providerId) row
+        row = self._auth_map.get((pid, ident.auth_user))
+        if row is None:
+            # linking is tried before creating (BearerTokenAuthenticationFilter.resolveUser)
+            row = self._link_existing(ident)
+        if row is None:
+            if not ident.provider.force_user_create:
+                raise BearerRejected(403, "no XNAT account is mapped to this OpenID identity")
+            row = self._create_openid_account(ident)
+        u = self._users.get(row.login)
+        if u is None:  # only if a test dropped the account under its mapping
+            raise BearerRejected(403, "the mapping names no XNAT account")
+        if not u.enabled:
+            raise BearerRejected(403, "the XNAT account for this identity is not enabled")
+        if self.email_verification and not u.verified:
+            raise BearerRejected(403, "the XNAT account for this identity is not verified")
+        self._expire_lock(row)
+        if row.locked_until is not None:  # XDATUser.isAccountNonLocked: this row's lockout
+            raise BearerRejected(403, "the XNAT account for this identity is locked")
+        # publishAuthenticationSuccess: the row's failed-login count is cleared, last login kept
+        row.failures = 0
+        u.last_login_ms = _ms(self.clock())
+        return u.username
+
+    def _link_existing(self, ident: BearerIdentity) -> _AuthMapping | None:
+        """``OpenIdUserResolver.linkExisting``: the source provider's row with the same auth_user."""
+        source = ident.provider.link_source
+        if source is None:
+            return None
+        src = self._auth_map.get((source, ident.auth_user))
+        if src is None or src.login not in self._users:
+            return None
+        row = _AuthMapping(src.login)
+        self._auth_map[(ident.provider.provider_id, ident.auth_user)] = row
+        return row
+
+    def _create_openid_account(self, ident: BearerIdentity) -> _AuthMapping:
+        """``OpenIdUserResolver.createUser``: login = sanitised auth_user, which must be a valid
+        XNAT username and free (``requireLoginIsFree``); enabled/verified from ``auto.*``."""
+        login = sanitize_username(ident.auth_user)
+        if login is None:
+            raise BearerRejected(403, "could not provision an XNAT account for this identity "
+                                      "(the sanitised username breaks XNAT's username rule)")
+        # XNAT looks the login up exactly; the emulator keeps names unique whatever their case
+        # (add_user would replace), so a name taken in another case is taken here too
+        if any(u.username.lower() == login.lower() for u in self._users.values()):
+            raise BearerRejected(403, "could not provision an XNAT account for this identity "
+                                      "(an XNAT account already uses that login, and no mapping links them)")
+        p = ident.provider
+        self.add_user(login, None, enabled=p.auto_enabled, verified=p.auto_verified,
+                      first_name=ident.first_name, last_name=ident.last_name, email=ident.email)
+        row = _AuthMapping(login)
+        self._auth_map[(p.provider_id, ident.auth_user)] = row
+        return row
 
     # -- reads for the handlers ----------------------------------------------------------
 

@@ -167,11 +167,19 @@ class XnatHandler(web.RequestHandler):
                 self.set_cookie("JSESSIONID", self.session_id, path="/", httponly=True)
                 return
             if scheme == "bearer":
+                # BearerTokenAuthenticationFilter: a request already authenticated upstream (a live
+                # session) skips the Bearer pipeline; the token is not even looked at
+                sid = self.get_cookie("JSESSIONID")
+                user = self.emu._session_user(sid) if sid else None
+                if user is not None:
+                    self.auth_kind, self.user, self.session_id = "session", user, sid
+                    return
                 self.auth_kind = "bearer"
                 try:
                     self.user = await self.emu._bearer_login(cred.strip())
                 except BearerRejected as e:
-                    log.info("Bearer refused: %s", e.reason)
+                    # the reason never holds the token (xnat_bearer builds it from claims and settings)
+                    log.info("Bearer refused (%d): %s", e.status, e.reason)
                     if e.status == 401:
                         self.set_header("WWW-Authenticate", 'Bearer error="invalid_token"')
                     self.fail(e.status, "Unauthorized" if e.status == 401 else "Forbidden")

@@ -46,6 +46,14 @@ const readJson = (name, fallback) => {
 const config = readJson('config.json', {});
 const refresh = config.refresh !== false;
 const profile = config.profile ?? 'aaf';
+// How ID tokens are signed: RS256 (AAF, Google) or RS384/RS512, all of which XNAT's OpenID
+// plugin verifies (BearerTokenValidator.ACCEPTED_ALGORITHMS). Access tokens stay opaque.
+const ID_TOKEN_ALGS = ['RS256', 'RS384', 'RS512'];
+const idTokenAlg = config.id_token_alg ?? 'RS256';
+if (!ID_TOKEN_ALGS.includes(idTokenAlg)) {
+  toStderr(`unsupported id_token_alg ${JSON.stringify(idTokenAlg)}`);
+  process.exit(2);
+}
 
 const PROFILES = {
   // AAF: one scope per attribute; claims are spelled edu_person_* (identity.md).
@@ -118,13 +126,21 @@ class Adapter {
   revokeByGrantId(grantId) { return this.memory.revokeByGrantId(grantId); }
 }
 
-// A fresh RS256 key per run; written to the state dir (never the repo) so tests can
-// mint a correctly signed token with a bad claim.
+// A fresh RSA key per run, for the configured ID token algorithm; written to the state dir
+// (never the repo) so tests can mint a correctly signed token with a bad claim.
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const signingJwk = {
-  ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), alg: 'RS256', use: 'sig',
+  ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), alg: idTokenAlg, use: 'sig',
 };
 writeFileSync(join(stateDir, 'signing_jwk.json'), JSON.stringify(signingJwk), { mode: 0o600 });
+// oidc-provider insists on an RS256 key; with another ID token algorithm it is published too,
+// but ID tokens are signed with the key above (oidc-provider picks the key by its alg).
+const extraJwks = idTokenAlg === 'RS256' ? [] : [{
+  ...generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' }),
+  kid: randomUUID(),
+  alg: 'RS256',
+  use: 'sig',
+}];
 
 const server = createServer();
 let handler = (req, res) => { res.statusCode = 503; res.end(); };
@@ -140,7 +156,7 @@ const provider = new Provider(issuer, {
   adapter: Adapter,
   clientDefaults: {
     grant_types: refresh ? ['authorization_code', 'refresh_token'] : ['authorization_code'],
-    id_token_signed_response_alg: 'RS256',
+    id_token_signed_response_alg: idTokenAlg,
     response_types: ['code'],
     // GenericOAuthenticator posts its secret in the body by default (basic_auth=False).
     token_endpoint_auth_method: 'client_secret_post',
@@ -152,13 +168,15 @@ const provider = new Provider(issuer, {
   },
   claims,
   scopes,
+  // oidc-provider's default list lacks RS384/RS512; the RS256 default stays as it was
+  ...(idTokenAlg === 'RS256' ? {} : { enabledJWA: { idTokenSigningAlgValues: ['RS256', idTokenAlg] } }),
   // Authorization-code flow with a client secret only, as AAF and Google offer it.
   responseTypes: ['code'],
   clientAuthMethods: ['client_secret_post', 'client_secret_basic'],
   conformIdTokenClaims: config.conform_id_token_claims !== false,
   issueRefreshToken: async (_ctx, client, code) => refresh
     && client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access'),
-  jwks: { keys: [signingJwk] },
+  jwks: { keys: [signingJwk, ...extraJwks] },
   cookies: { keys: [randomBytes(32).toString('base64url')] },
   features: {
     devInteractions: { enabled: true },
