@@ -57,6 +57,7 @@ ORDER = [
     "oidc-jwks",
     "oidc-client",
     "callback-url",
+    "xnat-openid-settings",
     "spawn-storage",
 ]
 
@@ -493,6 +494,17 @@ async def test_good_config_passes_every_check(world, oidc_aaf, aaf_user):
     assert "RS256" in report.detail("oidc-jwks")
     assert repr(oidc["client_id"]) in report.detail("oidc-client")
     assert report.detail("callback-url") == oidc["oauth_callback_url"]
+    settings = report.detail("xnat-openid-settings")
+    for line in (
+        "openid.aaf.bearer.enabled=true",
+        f"openid.aaf.issuer={oidc_aaf.issuer}",
+        f"openid.aaf.jwksUri={jwks_uri}",
+        f"openid.aaf.audCheck.acceptedAudiences={oidc['client_id']}",
+        "openid.aaf.bearer.forceUserCreate=true",
+        "allowedEmailDomains",
+        "openid-auth-plugin 1.6.0",
+    ):
+        assert line in settings, (line, settings)
     assert str(xnat.archive_root) in report.detail("spawn-storage")
     # the service account's password went to XNAT once; no token is left behind
     password_logins = [c for c in xnat.calls if c.user == world.svc and c.auth_kind == "basic-password"]
@@ -552,7 +564,7 @@ async def test_bearer_token_refused_when_xnat_does_not_accept_bearer(world, rogu
     assert "openid.rogue.bearer.enabled=true" in report.fix("bearer-exchange")
 
 
-async def test_bearer_token_accepted_but_xnat_maps_another_username(world, rogue_idp):
+async def test_bearer_token_of_a_merged_account_passes_and_names_both(world, rogue_idp):
     xnat = world.xnat
     xnat.enable_bearer(
         "rogue",
@@ -565,8 +577,9 @@ async def test_bearer_token_accepted_but_xnat_maps_another_username(world, rogue
     xnat.add_openid_account("rogue", f"rogue_{rogue_idp.account['sub']}", login=xnat_name, roles=["Jupyter"])
     args = ("--bearer-token-file", world.token_file(await rogue_id_token(rogue_idp)))
     report = await asyncio.to_thread(world.run, world.config(oidc=rogue_oidc(rogue_idp, world)), args=args)
-    assert report.failing() == ["bearer-exchange"], report.explain()
+    # the hub follows XNAT's answer: a merged account logs in as its XNAT login
+    assert report.status("bearer-exchange") == "PASS", report.explain()
     assert repr(xnat_name) in report.detail("bearer-exchange")
     assert f"'rogue_{rogue_idp.account['sub']}'" in report.detail("bearer-exchange")
-    assert "usernamePattern" in report.fix("bearer-exchange")
+    assert "not created by the plugin" in report.detail("bearer-exchange")
     assert xnat.tokens_of(xnat_name) == []

@@ -104,7 +104,12 @@ async def test_aaf_login_maps_to_the_xnat_username_and_stores_the_users_own_toke
         assert await aaf_world.hub.user_model(name.lower()) is None
         rec = model["auth_state"]["xnat"]
         assert rec["source"] == "bearer" and rec["username"] == name
-        assert rec["identity"] == {"provider": "aaf", "issuer": aaf_world.provider.issuer, "sub": aaf_user.sub}
+        assert rec["identity"] == {
+            "provider": "aaf",
+            "issuer": aaf_world.provider.issuer,
+            "sub": aaf_user.sub,
+            "auth_user": name,  # an account the plugin created: the mapping key is its login
+        }
         tok = rec["token"]
         assert xnat.token_owner(tok["alias"], tok["secret"]) == name
         assert xnat.count("tokens.issue") == 1

@@ -151,9 +151,8 @@ def add_password_user(xnat, name="alice", roles=("Jupyter",)) -> str:
 
 
 def add_openid_user(xnat, idp, roles=("Jupyter",)) -> str:
-    name = f"{PROVIDER_ID}_{idp.account['sub']}"
-    xnat.add_user(name, None, roles=list(roles))
-    return name
+    """An XNAT account the OpenID plugin created for the provider's default account."""
+    return xnat.add_openid_account(PROVIDER_ID, f"{PROVIDER_ID}_{idp.account['sub']}", roles=list(roles))
 
 
 def valid_tokens(xnat, name) -> list[dict]:
@@ -505,13 +504,13 @@ async def test_two_subjects_rendering_one_name_never_share_an_account(xnat, idp,
     idp.accounts["twin"] = {"sub": "TwinSubject", "preferred_username": "alice_x"}
     pattern = "[providerId]_[preferred_username]"
     name = f"{PROVIDER_ID}_alice_x"
-    xnat.add_user(name, None, roles=["Jupyter"])
     auth = make_authenticator(
         xnat, oidc=idp, xnat_token_exchange=exchange, xnat_username_pattern=pattern, allowed_users={name}
     )
     if exchange == "bearer":
-        # XNAT's plugin maps both through the same pattern to the same account: only the
-        # hub's binding tells them apart
+        # XNAT's mapping keys differ (alice@x vs alice_x), but an XNAT admin who linked both to
+        # one account makes XNAT answer with that account for both: only the hub's binding
+        # tells the two people apart
         xnat.enable_bearer(
             PROVIDER_ID,
             issuer=idp.issuer,
@@ -519,14 +518,28 @@ async def test_two_subjects_rendering_one_name_never_share_an_account(xnat, idp,
             accepted_audiences=[idp.client_id],
             username_pattern=pattern,
         )
+        xnat.add_openid_account(PROVIDER_ID, f"{PROVIDER_ID}_alice@x", roles=["Jupyter"])
+        xnat.link_openid_account(PROVIDER_ID, f"{PROVIDER_ID}_alice_x", name)
     first = await openid_login(auth, idp)
     assert first["name"] == name
+    assert first["auth_state"]["xnat"]["identity"]["auth_user"] == f"{PROVIDER_ID}_alice@x"
     err = await refused(openid_login(auth, idp, "twin"))
     assert err.status_code == 403 and name in err.jupyterhub_message
     if exchange == "bearer":
         assert len(valid_tokens(xnat, name)) == 1, "the twin's XNAT token was invalidated"
     again = await openid_login(auth, idp)  # the first person still gets in
     assert again["name"] == name
+
+
+async def test_a_merged_account_logs_in_as_its_xnat_login(xnat, idp):
+    key = f"{PROVIDER_ID}_{idp.account['sub']}"
+    xnat.add_openid_account(PROVIDER_ID, key, "jsmith", roles=["Jupyter"])
+    auth = make_authenticator(xnat, oidc=idp)
+    model = await openid_login(auth, idp)
+    assert model["name"] == "jsmith"
+    record = model["auth_state"]["xnat"]
+    assert record["username"] == "jsmith" and record["identity"]["auth_user"] == key
+    assert xnat.token_owner(record["token"]["alias"], record["token"]["secret"]) == "jsmith"
 
 
 async def test_a_login_refused_by_the_allow_rules_binds_nothing(xnat, idp):

@@ -107,7 +107,8 @@ async def test_user_reads(xnat, client, people):
 async def test_jupyter_permission(xnat, client, people):
     assert await client.all_users_can_start_jupyter(BOB) is False
     assert await client.can_start_jupyter("alice", A) is True  # role Jupyter
-    assert await client.can_start_jupyter("carol", ADMIN) is True  # Administrator
+    # Administrator alone is not Jupyter (the plugin's JupyterUserAuthorization)
+    assert await client.can_start_jupyter("carol", ADMIN) is False
     assert await client.can_start_jupyter("bob", BOB) is False
     xnat.set_preference("allUsersCanStartJupyter", True)
     assert await client.all_users_can_start_jupyter(BOB) is True

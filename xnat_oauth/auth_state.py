@@ -81,7 +81,7 @@ class Identity:
     issuer: str
     sub: str
     #: the username pattern's rendering: the key of XNAT's auth mapping (the plugin's
-    #: ``auth_user``), which is the XNAT login only for accounts the plugin auto-created
+    #: ``auth_user``, unsanitised); sanitised, it is the login of accounts the plugin created
     auth_user: str | None = None
 
     @property

@@ -45,7 +45,13 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, Set, Unicode, defau
 from . import compat
 from .auth_state import Identity, XnatAuthState
 from .errors import ConfigError, NotAllowedJupyter, XnatOAuthError, XnatUnavailable
-from .identity import UsernamePattern, check_aaf_claims, check_hosted_domain, check_xnat_username
+from .identity import (
+    UsernamePattern,
+    check_aaf_claims,
+    check_hosted_domain,
+    check_xnat_username,
+    sanitize_username,
+)
 from .identity_bindings import IdentityBindings
 from .login_state import (
     PASSWORD_GRANT,
@@ -688,7 +694,7 @@ class XnatOAuthenticator(GenericOAuthenticator):
         claims = merge_claims(id_claims, userinfo)
         preset = self.oidc_preset
         # The plugin's mapping key. Requirements first: a refused login never reaches XNAT.
-        auth_user = self.username_pattern_compiled.render(claims, self.xnat_provider_id)
+        auth_user = self.username_pattern_compiled.mapping_key(claims, self.xnat_provider_id)
         check_aaf_claims(
             claims,
             required_scoped_affiliations=self.required_scoped_affiliations,
@@ -702,9 +708,10 @@ class XnatOAuthenticator(GenericOAuthenticator):
         if self.xnat_token_exchange == "off":
             # No XNAT call can name the login: the pattern predicts it, which is right for
             # accounts the plugin auto-created, and it must be a login XNAT can have at all.
-            self.identity_bindings.check(identity, check_xnat_username(auth_user))
+            login = check_xnat_username(sanitize_username(auth_user))
+            self.identity_bindings.check(identity, login)
             record = XnatAuthState(
-                url=self.xnat.url, username=auth_user, source="none", token=None, identity=identity
+                url=self.xnat.url, username=login, source="none", token=None, identity=identity
             )
         else:
             bearer = token_info.get(self.xnat_exchange_token)
@@ -724,13 +731,15 @@ class XnatOAuthenticator(GenericOAuthenticator):
             except IdentityConflict:
                 await discard(self.xnat, record.token, self.log)
                 raise
-            if record.username != auth_user:
-                # A registered, merged or linked XNAT account: XNAT's answer is the user.
+            if record.username != sanitize_username(auth_user):
+                # A registered, merged or linked XNAT account (or a hub pattern unlike XNAT's):
+                # XNAT's answer is the user.
                 self.log.info(
-                    "XNAT maps %s login %s to its account %s (an account not created by the plugin)",
+                    "XNAT names the %s login %s (the hub's xnat_username_pattern renders %s): a "
+                    "merged or linked account, or a pattern unlike XNAT's usernamePattern",
                     preset.name,
-                    auth_user,
                     record.username,
+                    auth_user,
                 )
         step.record = record
         self.log.info("OpenID login (%s) for %s, XNAT token: %s", preset.name, record.username, record.source)

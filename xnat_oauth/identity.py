@@ -180,8 +180,9 @@ class UsernamePattern:
         """The claims the pattern needs (``providerId`` is not a claim)."""
         return tuple(p for p in self.placeholders if p != PROVIDER_ID_PLACEHOLDER)
 
-    def render(self, claims: Mapping[str, Any], provider_id: str) -> str:
-        """The plugin's mapping key (``auth_user``) for these claims.
+    def mapping_key(self, claims: Mapping[str, Any], provider_id: str) -> str:
+        """The plugin's mapping key (``auth_user``) for these claims, unsanitised as the plugin
+        keeps it (``OpenIdUserResolver``): ``aaf_alice@x`` and ``aaf_alice_x`` are two keys.
 
         MissingClaim / UnusableClaim naming the claim at fault.
         """
@@ -194,7 +195,12 @@ class UsernamePattern:
                 return provider_id
             return claim_text(claims, name)
 
-        return sanitize_username(_PLACEHOLDER.sub(fill, self.pattern))
+        return _PLACEHOLDER.sub(fill, self.pattern)
+
+    def render(self, claims: Mapping[str, Any], provider_id: str) -> str:
+        """The login the plugin gives an account it creates for these claims: the mapping key
+        with every character outside ``[a-zA-Z0-9-_'.]`` replaced by ``_``."""
+        return sanitize_username(self.mapping_key(claims, provider_id))
 
     def __repr__(self) -> str:
         return f"UsernamePattern({self.pattern!r})"
