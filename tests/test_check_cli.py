@@ -34,7 +34,7 @@ from tests.world.idp_login import login_via_idp
 from tests.world.rogue_idp import RogueIdP, code_flow
 from tests.world.xnat_emulator import XnatEmulator
 
-LINE = re.compile(r"^(PASS|FAIL|SKIP)  ([a-z0-9-]+): (.+)$")
+LINE = re.compile(r"^(PASS|FAIL|SKIP|WARN)  ([a-z0-9-]+): (.+)$")
 FIX = re.compile(r"^      fix: (.+)$")
 #: an alias token's secret is 64 letters and digits; nothing else printed is that long
 LONG_SECRET = re.compile(r"[A-Za-z0-9]{60,}")
@@ -46,8 +46,10 @@ ORDER = [
     "config",
     "crypt-key",
     "hub-config",
+    "client-address",
     "spawn-hooks",
     "xnat-url",
+    "xnat-tls",
     "xnat-reachable",
     "service-account",
     "bearer-exchange",
@@ -102,10 +104,11 @@ def parse(proc: subprocess.CompletedProcess) -> Report:
         f = FIX.match(line)
         assert f and last is not None, f"not a check line: {line!r}\n{proc.stdout}"
         status, detail, fix = report.lines[last]
-        assert status == "FAIL" and fix is None, f"fix line after {status} {last}"
+        assert status in ("FAIL", "WARN") and fix is None, f"fix line after {status} {last}"
         report.lines[last] = (status, detail, f.group(1))
-    for name in report.failing():
-        assert report.fix(name), f"FAIL {name} without a fix line"
+    for name in report.names:
+        if report.status(name) in ("FAIL", "WARN"):
+            assert report.fix(name), f"{report.status(name)} {name} without a fix line"
     return report
 
 
@@ -352,6 +355,35 @@ def static(tmp_path_factory, check_site, oidc_aaf) -> dict[str, Report]:
                 {},
                 (),
             ),
+            # TLS verification off, and a proxy elsewhere that the hub does not trust
+            "tls-off-behind-proxy": (
+                world.config(
+                    spawn=None,
+                    extra="\n".join(
+                        [
+                            "c.XnatOAuthenticator.xnat_validate_cert = False",
+                            "c.ConfigurableHTTPProxy.should_start = False",
+                            "c.JupyterHub.hub_ip = '0.0.0.0'",
+                        ]
+                    ),
+                ),
+                {},
+                (),
+            ),
+            "trusted-proxies": (
+                world.config(
+                    spawn=None,
+                    extra="\n".join(
+                        [
+                            "c.ConfigurableHTTPProxy.should_start = False",
+                            "c.JupyterHub.hub_ip = '0.0.0.0'",
+                            "c.JupyterHub.trusted_downstream_ips = ['192.0.2.0/24', '192.0.2.7']",
+                        ]
+                    ),
+                ),
+                {},
+                (),
+            ),
             "syntax-error": (f"c.XnatOAuthenticator.client_secret = '{syntax_secret}\n", {}, ()),
             "missing-file": (None, {}, ("-f", str(world.tmp / "nope.py"))),
         }
@@ -435,6 +467,26 @@ def test_several_mistakes_are_each_reported_with_their_fix(static):
     assert "workspace root" in report.detail("spawn-storage")  # what is fine is said too
     assert "hub_archive_root" in report.fix("spawn-storage")
     assert report.status("oidc-discovery") == "PASS"
+
+
+def test_tls_verification_off_fails_and_an_untrusted_proxy_is_a_warning(static):
+    report = static["tls-off-behind-proxy"]
+    assert report.failing() == ["xnat-tls"], report.explain()
+    assert report.rc == 1
+    assert "TLS verification is off" in report.detail("xnat-tls")
+    assert "xnat_ca_bundle" in report.fix("xnat-tls")
+    assert report.status("client-address") == "WARN"
+    assert "should_start = False" in report.detail("client-address")
+    assert "trusted_downstream_ips" in report.fix("client-address")
+    # a plain hub: nothing in front of its own proxy, and XNAT's certificate checked
+    plain = static["password-only"]
+    assert plain.status("client-address") == "PASS" and plain.status("xnat-tls") == "PASS"
+
+
+def test_trusted_proxies_are_reported(static):
+    report = static["trusted-proxies"]
+    assert report.status("client-address") == "PASS", report.explain()
+    assert "192.0.2.0/24, 192.0.2.7 and this machine" in report.detail("client-address")
 
 
 def test_kubernetes_needs_pvc_names(static):

@@ -7,7 +7,8 @@ import socket
 
 import httpx
 import pytest
-from joserfc.jwk import KeySet
+from joserfc import jwt
+from joserfc.jwk import KeySet, RSAKey
 
 from tests.world.rogue_idp import TokenMode, code_flow, rogue_idp, rogue_idp_server  # noqa: F401
 from xnat_oauth.errors import ConfigError
@@ -325,3 +326,56 @@ async def test_discovery_and_keys_of_the_certified_provider(http, oidc_aaf):
     assert "RS256" in meta.id_token_signing_alg_values_supported
     key_set = await (await provider.jwks()).get_key_set()
     assert oidc_aaf.signing_jwk()["kid"] in {k.kid for k in key_set.keys}
+
+
+# -- keys the provider withdraws ---------------------------------------------------------------------
+
+
+def _sign_with(key):
+    def hook(claims, header):
+        return jwt.encode({**header, "kid": key.kid, "alg": "RS256"}, claims, key)
+
+    return hook
+
+
+async def test_a_key_withdrawn_from_the_jwks_stops_being_trusted(http, provider, rogue_idp, clock):
+    extra = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"}, auto_kid=True)
+    rogue_idp.extra_jwks_keys = [extra.as_dict(private=False)]
+    rogue_idp.id_token_hook = _sign_with(extra)
+    token = await code_flow(http, rogue_idp, nonce="n")
+    await verify(provider, rogue_idp, token)
+
+    rogue_idp.extra_jwks_keys = []  # the provider withdraws the key (say it leaked)
+    clock.advance(899)
+    await verify(provider, rogue_idp, token)  # the cached set, younger than its maximum age
+    assert rogue_idp.counts["jwks"] == 1
+
+    clock.advance(2)
+    with pytest.raises(IdTokenError) as err:
+        await verify(provider, rogue_idp, token)
+    assert err.value.reason == "unknown_key"
+    assert rogue_idp.counts["jwks"] == 2  # refetched for its age; the unknown kid asks no more
+    key_set = await (await provider.jwks()).get_key_set()
+    assert extra.kid not in {k.kid for k in key_set.keys}
+    # tokens signed with the keys still published verify as before
+    rogue_idp.id_token_hook = None
+    await verify(provider, rogue_idp, await code_flow(http, rogue_idp, nonce="n"))
+
+
+async def test_an_old_key_set_serves_a_while_when_the_jwks_endpoint_fails(http, provider, rogue_idp, clock):
+    token = await code_flow(http, rogue_idp, nonce="n")
+    await verify(provider, rogue_idp, token)
+    clock.advance(901)
+    rogue_idp.faults["jwks"] = 503
+    await verify(provider, rogue_idp, token)  # stale, with a warning
+    assert rogue_idp.counts["jwks"] == 2
+    clock.advance(30)
+    await verify(provider, rogue_idp, token)
+    assert rogue_idp.counts["jwks"] == 2  # no request per login while it is down
+    clock.advance(900)
+    with pytest.raises(ProviderUnavailable):
+        await verify(provider, rogue_idp, token)
+    del rogue_idp.faults["jwks"]
+    clock.advance(61)
+    await verify(provider, rogue_idp, token)
+    assert rogue_idp.counts["jwks"] == 4

@@ -308,9 +308,9 @@ def test_token_permissions(xnat, http, people):
     inv = f"/data/services/tokens/invalidate/{tok['alias']}/{tok['secret']}"
     assert http.get(inv, auth=("bob", "bob-pw")).status_code == 403
     assert xnat.token_owner(tok["alias"], tok["secret"]) == "alice"
-    # with a wrong secret XNAT answers OK and the token lives on
+    # AliasTokenRestlet never reads the secret segment: any (or none) ends the token
     assert http.get(f"/data/services/tokens/invalidate/{tok['alias']}/wrong", auth=A).json() == {"result": "OK"}
-    assert xnat.token_owner(tok["alias"], tok["secret"]) == "alice"
+    assert xnat.token_owner(tok["alias"], tok["secret"]) is None
     # issue for another user: admins only; the JupyterHub role is not an admin
     for who, status in [(ADMIN, 200), (A, 403), (HUB, 403)]:
         assert http.get("/data/services/tokens/issue/user/bob", auth=who).status_code == status
@@ -437,6 +437,37 @@ def test_secrets_never_in_call_log_bodies_or_logs(xnat, http, people, caplog):
     assert "/***" in xnat.calls[-1].path_redacted
     ours = [r.getMessage() for r in caplog.records if r.name.startswith(("tests.world", "tornado"))]
     assert ours and not any(secret in m or "alice-pw" in m for m in ours)
+
+
+@pytest.mark.world
+def test_invalidate_by_alias_alone_as_the_token_itself(xnat, http, people):
+    tok = http.get("/data/services/tokens/issue", auth=A).json()
+    mine = (tok["alias"], tok["secret"])
+    other = http.get("/data/services/tokens/issue", auth=("bob", "bob-pw")).json()
+    assert http.get(f"/data/services/tokens/invalidate/{other['alias']}", auth=mine).status_code == 403
+    assert http.get(f"/data/services/tokens/invalidate/{tok['alias']}", auth=mine).json() == {"result": "OK"}
+    assert xnat.token_owner(*mine) is None
+    assert http.get(f"/data/services/tokens/invalidate/{tok['alias']}", auth=A).status_code == 404
+    assert http.get(f"/data/services/tokens/invalidate/{tok['alias']}", auth=mine).status_code == 401
+
+
+@pytest.mark.world
+def test_every_request_uri_is_recorded_unredacted_until_reset(xnat, http, people):
+    tok = http.get("/data/services/tokens/issue", auth=A).json()
+    assert tok["secret"] in xnat.issued_secrets()
+    http.get(f"/data/services/tokens/validate/{tok['alias']}/{tok['secret']}", auth=A)
+    http.get("/data/projects", params={"format": "json"}, auth=A)
+    http.get("/no/such/thing", auth=A)
+    uris = xnat.seen_uris()
+    assert uris == [
+        "/data/services/tokens/issue",
+        f"/data/services/tokens/validate/{tok['alias']}/{tok['secret']}",
+        "/data/projects?format=json",
+        "/no/such/thing",
+    ]
+    assert all(tok["secret"] not in c.path_redacted for c in xnat.calls)
+    xnat.reset()
+    assert xnat.seen_uris() == [] and tok["secret"] in xnat.issued_secrets()
 
 
 def test_concurrent_requests_are_independent(xnat, people):

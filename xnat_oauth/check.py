@@ -8,8 +8,10 @@ line per check::
     PASS  xnat-reachable: https://xnat.example.org answers (401 without a login, as XNAT should)
     FAIL  service-account: XNAT refused the password of 'jupyterhub' (401 ...)
           fix: set JH_XNAT_PASSWORD ...
+    WARN  client-address: the hub looks to be behind a proxy ...
+          fix: set c.JupyterHub.trusted_downstream_ips ...
 
-The exit status is 1 when any check fails, else 0.
+The exit status is 1 when any check fails, else 0 (a WARN is worth reading, not a failure).
 
 Other packages add checks through the entry point group ``xnat_oauth.checks``: each entry
 point names a callable ``checks(ctx: CheckContext) -> Iterable[Check]``. This is how the spawn
@@ -49,11 +51,12 @@ from .errors import (
     XnatOAuthError,
     XnatUnavailable,
 )
+from .client_address import parse_networks
 from .urls import LOOPBACK_HOSTS
 from .xnat_client import BearerAuth, XnatClient, redact_url
 
 ENTRY_POINT_GROUP = "xnat_oauth.checks"
-PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+PASS, FAIL, SKIP, WARN = "PASS", "FAIL", "SKIP", "WARN"
 
 #: the file JupyterHub reads when started without ``-f``
 DEFAULT_CONFIG_FILE = "jupyterhub_config.py"
@@ -98,6 +101,11 @@ def failed(detail: str, fix: str) -> Outcome:
 
 def skipped(detail: str) -> Outcome:
     return Outcome(SKIP, detail)
+
+
+def warned(detail: str, fix: str) -> Outcome:
+    """Works, but probably not as the admin means it; does not fail the run."""
+    return Outcome(WARN, detail, fix)
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,7 @@ class Reporter:
         self.counts[outcome.status] += 1
         detail = " ".join(outcome.detail.split())
         lines = [f"{outcome.status}  {name}: {detail}"]
-        if outcome.status == FAIL and outcome.fix:
+        if outcome.status in (FAIL, WARN) and outcome.fix:
             lines.append(f"      fix: {' '.join(outcome.fix.split())}")
         for line in lines:
             print(self.redact(line), file=self._out, flush=True)
@@ -510,6 +518,113 @@ async def check_xnat_url(ctx: CheckContext) -> Outcome:
     return failed(f"xnat_url {shown} is not an https URL", f"use XNAT's https base URL ({example})")
 
 
+async def check_xnat_tls(ctx: CheckContext) -> Outcome:
+    auth = ctx.authenticator
+    if auth is None:
+        return _no_authenticator(ctx)
+    if not auth.xnat_validate_cert:
+        # failed whatever the URL: the setting exists for throw-away test sites only
+        return failed(
+            "xnat_validate_cert is False: TLS verification is off, so the hub would send XNAT "
+            "passwords and tokens to whoever answers at XNAT's address",
+            "remove `c.XnatOAuthenticator.xnat_validate_cert = False`; if XNAT's certificate comes "
+            "from an institutional CA, set c.XnatOAuthenticator.xnat_ca_bundle to that CA's PEM file",
+        )
+    parts = urlsplit(auth.xnat_url or "")
+    if parts.scheme != "https":
+        if parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
+            return passed("plain http to this machine: no certificate to verify")
+        return skipped("XNAT is not reached over https (see xnat-url)")
+    if auth.xnat_ca_bundle:
+        return passed(f"XNAT's certificate is verified against {auth.xnat_ca_bundle}")
+    return passed("XNAT's certificate is verified against the system's CAs")
+
+
+def proxy_hints(config: Config) -> list[str]:
+    """Signs in the hub's config that a proxy other than a local one forwards its requests.
+
+    A proxy on this machine connects from loopback, which the hub trusts; one elsewhere must be
+    in ``c.JupyterHub.trusted_downstream_ips`` or every client gets that proxy's address.
+    """
+    jh = config.JupyterHub if "JupyterHub" in config else {}
+    chp = config.ConfigurableHTTPProxy if "ConfigurableHTTPProxy" in config else {}
+
+    def host(url) -> str | None:
+        """The host of a bind URL: None without a URL, "" for all interfaces (``http://:8081``)."""
+        return (urlsplit(str(url)).hostname or "") if url else None
+
+    hub_host = host(jh.get("hub_bind_url"))
+    if hub_host is None:
+        hub_host = jh.get("hub_ip", "127.0.0.1")  # JupyterHub's default: loopback
+    hub_local = hub_host in LOOPBACK_HOSTS
+    hints = []
+    proxy_class = str(jh.get("proxy_class", "") or "")
+    if not hub_local and chp.get("should_start", True) is False:
+        hints.append(
+            "the proxy is started elsewhere (ConfigurableHTTPProxy.should_start = False) and the hub "
+            f"listens on {hub_host or 'all interfaces'}"
+        )
+    elif not hub_local and proxy_class and "configurable" not in proxy_class.lower():
+        hints.append(f"the proxy is {proxy_class} and the hub listens on {hub_host or 'all interfaces'}")
+    public_host = host(jh.get("bind_url"))
+    if public_host is None:
+        public_host = jh.get("ip", "")
+    public_https = any(
+        str(u).startswith("https://")
+        for u in (jh.get("public_url"), _section_value(config, "oauth_callback_url"))
+        if u
+    )
+    if public_https and not jh.get("ssl_cert") and public_host not in LOOPBACK_HOSTS:
+        hints.append(
+            "users reach the hub over https but its proxy serves plain http on "
+            f"{public_host or 'all interfaces'}: a TLS proxy forwards to it, maybe from another machine"
+        )
+    return hints
+
+
+def _section_value(config: Config, name: str):
+    for section in ("XnatOAuthenticator", "OAuthenticator", "GenericOAuthenticator"):
+        if section in config and name in config[section]:
+            return config[section][name]
+    return os.environ.get("OAUTH_CALLBACK_URL") if name == "oauth_callback_url" else None
+
+
+async def check_client_address(ctx: CheckContext) -> Outcome:
+    auth = ctx.authenticator
+    if auth is None:
+        return _no_authenticator(ctx)
+    if not auth.password_login:
+        return skipped("the password form is off: only its throttle uses client addresses")
+    jh = ctx.config.JupyterHub if "JupyterHub" in ctx.config else {}
+    entries = [str(e) for e in (jh.get("trusted_downstream_ips") or [])]
+    _, bad = parse_networks(entries)
+    fix = (
+        "set c.JupyterHub.trusted_downstream_ips to the address(es) your proxy connects to the "
+        "hub's proxy from (networks such as 192.0.2.0/24 are honoured by xnat-oauth, not by "
+        "JupyterHub's own logs); if that proxy runs on this machine, let the hub's proxy listen on "
+        "127.0.0.1 only (c.JupyterHub.bind_url = 'http://127.0.0.1:8000'). See 'Client addresses' "
+        "in the deployment docs"
+    )
+    if bad:
+        return warned(f"trusted_downstream_ips has entries that are not IP addresses or networks: {bad}", fix)
+    local = getattr(auth, "trust_loopback_proxy", True)
+    if entries:
+        also = " and this machine" if local else ""
+        return passed(f"X-Forwarded-For is believed from {', '.join(entries)}{also}")
+    hints = proxy_hints(ctx.config)
+    if hints:
+        per_address = getattr(auth, "password_max_failures_per_address", None)
+        limit = f"{per_address} failed password logins" if per_address else "a few failed password logins"
+        return warned(
+            f"the hub looks to be behind a proxy ({'; '.join(hints)}) but c.JupyterHub.trusted_downstream_ips "
+            f"is empty: every client would have that proxy's address, and {limit} from anyone "
+            "would close the password form for everyone for a while",
+            fix,
+        )
+    whom = "proxies on this machine only (the hub's own)" if local else "nobody"
+    return passed(f"no proxy found in front of the hub's own; X-Forwarded-For is believed from {whom}")
+
+
 async def check_xnat_reachable(ctx: CheckContext) -> Outcome:
     if not ctx.passed("xnat-url"):
         return skipped("no usable XNAT URL (see xnat-url)")
@@ -858,7 +973,9 @@ async def check_callback_url(ctx: CheckContext) -> Outcome:
 CORE_CHECKS: tuple[Check, ...] = (
     Check("crypt-key", check_crypt_key, 10),
     Check("hub-config", check_hub_config, 20),
+    Check("client-address", check_client_address, 22),
     Check("xnat-url", check_xnat_url, 30),
+    Check("xnat-tls", check_xnat_tls, 31),
     Check("xnat-reachable", check_xnat_reachable, 40),
     Check("bearer-exchange", check_bearer_exchange, 52),
     Check("jupyterhub-plugin", check_jupyterhub_plugin, 55),
@@ -977,9 +1094,12 @@ __all__ = [
     "Outcome",
     "PASS",
     "SKIP",
+    "WARN",
     "XnatLogin",
     "failed",
     "passed",
     "run",
+    "proxy_hints",
     "skipped",
+    "warned",
 ]

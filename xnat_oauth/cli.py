@@ -1,5 +1,6 @@
-"""``xnat-oauth`` command line: ``check`` (see :mod:`xnat_oauth.check`) and ``bindings``
-(see :mod:`xnat_oauth.identity_bindings`)."""
+"""``xnat-oauth`` command line: ``check`` (see :mod:`xnat_oauth.check`), ``bindings``
+(see :mod:`xnat_oauth.identity_bindings`) and ``throttle show|reset`` (see
+:mod:`xnat_oauth.throttle_admin`)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,39 @@ def _parser() -> argparse.ArgumentParser:
     what.add_parser("list", help="one line per binding: hub user, provider, issuer, sub")
     release = what.add_parser("release", help="forget every identity bound to a hub user")
     release.add_argument("username", help="the hub user, exactly as the hub spells it")
+    throttle = sub.add_parser(
+        "throttle",
+        help="show or clear the hub's counts of failed password logins",
+        description=(
+            "The hub stops checking passwords for a username after too many failures, to keep "
+            "the XNAT account from being locked. These commands read and change its counts, with "
+            "the hub running. Run them in the hub's working directory and environment."
+        ),
+    )
+    tsub = throttle.add_subparsers(dest="throttle_command", metavar="ACTION", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-f",
+        "--config",
+        dest="config_file",
+        metavar="FILE",
+        help="the hub's jupyterhub_config.py, for password_throttle_db and the limits "
+        "(default: ./jupyterhub_config.py if there is one)",
+    )
+    common.add_argument("--db", metavar="PATH", help="the throttle's SQLite file (default: from the config)")
+    show = tsub.add_parser(
+        "show", parents=[common], help="list the counts, or show those of the usernames given"
+    )
+    show.add_argument("usernames", nargs="*", metavar="USERNAME")
+    reset = tsub.add_parser(
+        "reset",
+        parents=[common],
+        help="clear the counts of the usernames given (after the user logged in to XNAT directly)",
+    )
+    reset.add_argument("usernames", nargs="*", metavar="USERNAME")
+    reset.add_argument(
+        "--id", dest="ids", action="append", default=[], metavar="ID", help="an id from `show` instead of a name"
+    )
     return parser
 
 
@@ -97,6 +131,23 @@ def _bindings(args) -> int:
         store.close()
 
 
+def _throttle(args, parser) -> int:
+    import time
+
+    from . import throttle_admin as admin
+
+    if args.throttle_command == "reset" and not (args.usernames or args.ids):
+        parser.error("throttle reset: give at least one USERNAME or --id")
+    try:
+        s = admin.settings(args.config_file, args.db)
+        if args.throttle_command == "show":
+            return admin.show(s, args.usernames, sys.stdout, now=time.time())
+        return admin.reset(s, args.usernames, args.ids, sys.stdout, now=time.time())
+    except admin.AdminError as e:
+        print(f"xnat-oauth throttle: {e}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -106,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.config_file, bearer_token_file=args.bearer_token_file, xnat_timeout=args.xnat_timeout)
     if args.command == "bindings":
         return _bindings(args)
+    if args.command == "throttle":
+        return _throttle(args, parser)
     parser.print_help()
     return 0
 

@@ -8,9 +8,11 @@ Design points, each learnt from how XNAT and the earlier integrations behave:
 * ``GET /data/services/tokens/issue`` is a GET that mints a token, and a failed password
   counts towards XNAT's lockout: neither it nor any other call that can fail on credentials
   is retried. Only idempotent reads are, on outage, a bounded number of times.
-* Token secrets travel in URL paths (``/tokens/validate/{alias}/{secret}``). Every URL that
-  reaches a log line or an exception goes through :func:`redact_url`, and httpx's own request
-  log is filtered the same way.
+* No secret goes into a URL: XNAT (and every proxy before it) logs request paths. A token is
+  validated by using it (``/xapi/users/username`` with Basic ``alias:secret``) and invalidated
+  by its alias alone (``/tokens/invalidate/{alias}``: XNAT's ``AliasTokenRestlet`` never reads
+  the secret segment). Every URL that reaches a log line or an exception still goes through
+  :func:`redact_url`, and httpx's own request log is filtered the same way.
 * Errors are typed (``errors.py``): a caller tells "wrong password" from "XNAT is down".
 """
 
@@ -45,7 +47,8 @@ log = logging.getLogger("xnat_oauth.xnat")
 # truncated JSON body or a proxy's page can never pass for a username.
 _PLAIN_USERNAME = re.compile(r"[^\s\"<>{}\[\]/\\]{1,255}")
 
-# /tokens/{validate,invalidate}/{alias}/{secret}: keep the alias (useful to an admin), drop the secret.
+# /tokens/{validate,invalidate}/{alias}/{secret}: keep the alias (useful to an admin), drop the
+# secret. The client sends no such path any more; this stays for URLs from elsewhere (redirects).
 _SECRET_IN_PATH = re.compile(r"(/tokens/(?:validate|invalidate)/[^/?#]+/)[^/?#]+")
 
 
@@ -321,18 +324,25 @@ class XnatClient:
         )
         return self._alias_token(resp)
 
-    async def validate_token(self, token: XnatToken, auth: Credentials | None = None) -> str | None:
-        """The token's owner, or None when XNAT says it is expired or the secret is wrong."""
-        path = f"/data/services/tokens/validate/{_seg(token.alias, 'alias')}/{_seg(token.secret, 'secret')}"
-        resp = await self._request("GET", path, auth or token, idempotent=True)
-        d = self._json(resp)
-        self._expect(isinstance(d, dict) and "valid" in d, "'valid'", resp)
-        v = d["valid"]
-        return v if isinstance(v, str) and v else None
+    async def validate_token(self, token: XnatToken) -> str:
+        """The token's owner, asked by using the token (``GET /xapi/users/username``).
+
+        XnatAuthError when XNAT refuses the token: expired, invalidated, wrong secret or a
+        disabled account (XNAT's 401 does not say which). Not ``/tokens/validate/{alias}/{secret}``:
+        that puts the secret in XNAT's access log. A refused alias counts towards no account's
+        failed logins (``XnatAuthenticationFilter.logFailedAttempt`` finds no user named like an
+        alias).
+        """
+        return await self.whoami(token)
 
     async def invalidate_token(self, token: XnatToken, auth: Credentials | None = None) -> None:
-        path = f"/data/services/tokens/invalidate/{_seg(token.alias, 'alias')}/{_seg(token.secret, 'secret')}"
-        resp = await self._request("GET", path, auth or token)
+        """End a token, authenticated as its owner (the token itself) or a site admin (``auth``).
+
+        ``/data/services/tokens/invalidate/{alias}``: XNAT's ``AliasTokenRestlet`` invalidates by
+        alias and never reads a secret segment, so none is sent. XnatNotFound for an unknown
+        alias; XnatAuthError if the token, used as credentials, is already gone.
+        """
+        resp = await self._request("GET", f"/data/services/tokens/invalidate/{_seg(token.alias, 'alias')}", auth or token)
         self._json(resp)
 
     # -- users ------------------------------------------------------------------------------

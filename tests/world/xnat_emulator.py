@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import copy
 import datetime as _dt
 import hashlib
@@ -238,6 +239,10 @@ class XnatEmulator:
         self._next_user_id = 1
         self._next_token_id = 1
         self.calls: list[Call] = []
+        # every request's path and query as sent, secrets and all (see seen_uris); cleared by reset
+        self._uris: collections.deque[str] = collections.deque(maxlen=100_000)
+        # bounded: the demo and the benchmarks run an emulator for long
+        self._issued_secrets: collections.deque[str] = collections.deque(maxlen=100_000)
         # bumped by reset(): a request still running from before (a slow fault) must not
         # land in the next test's call log
         self._generation = 0
@@ -513,6 +518,7 @@ class XnatEmulator:
                 "xdatUserId": u.username,
             }
             self._tokens[rec["alias"]] = rec
+            self._issued_secrets.append(rec["secret"])
             return dict(rec)
 
     def expire_token(self, alias: str):
@@ -904,6 +910,7 @@ class XnatEmulator:
             self._sessions.clear()
             self.calls = []
             self.bearer_refusals = []
+            self._uris.clear()
             self._generation += 1
             if data:
                 self._users.clear()
@@ -958,10 +965,29 @@ class XnatEmulator:
             self._expire_lock(st)
             return bool(st and st.locked_until is not None)
 
+    def seen_uris(self) -> list[str]:
+        """Every request path (with its query) received since the last reset, unredacted.
+
+        For tests that check no secret ever travels in a URL: XNAT writes request paths to its
+        access log (``calls`` holds the redacted paths, fit to print).
+        """
+        with self._lock:
+            return list(self._uris)
+
+    def issued_secrets(self) -> list[str]:
+        """The secret of every alias token this emulator ever issued (live, expired or revoked)."""
+        with self._lock:
+            return list(self._issued_secrets)
+
     def _record(self, call: Call, generation: int):
         with self._lock:
             if generation == self._generation:
                 self.calls.append(call)
+
+    def _record_uri(self, uri: str, generation: int):
+        with self._lock:
+            if generation == self._generation:
+                self._uris.append(uri)
 
     # -- authentication (called by the handlers, on the loop) -----------------------------
 

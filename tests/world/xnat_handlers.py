@@ -100,6 +100,7 @@ class XnatHandler(web.RequestHandler):
         if self._recorded:
             return
         self._recorded = True
+        self.emu._record_uri(self.request.uri, self._generation)
         self.emu._record(
             Call(
                 method=self.request.method,
@@ -245,11 +246,13 @@ class TokenValidate(_TokenOp):
 class TokenInvalidate(_TokenOp):
     endpoint = "tokens.invalidate"
 
-    def get(self, alias, secret):
+    def get(self, alias, secret=None):
+        # AliasTokenRestlet (xnat-web, restlet/services): OP_INVALIDATE calls
+        # AliasTokenService.invalidateToken(alias) and never reads the SECRET segment, which the
+        # routes /services/tokens/{OPERATION}/{TOKEN}[/{SECRET}] make optional. Unknown alias:
+        # 404; another user's token: 403 unless admin (the restlet's constructor).
         self._token(alias)
-        # XNAT answers OK either way; only the right secret ends the token
-        if self.emu.token_owner(alias.lower(), secret) is not None:
-            self.emu.revoke_token(alias.lower())
+        self.emu.revoke_token(alias.lower())
         self.send_json({"result": "OK"})
 
 
@@ -404,6 +407,7 @@ def make_app(emu: "XnatEmulator") -> web.Application:
         (r"/data/services/tokens/issue/?", TokenIssue),
         (rf"/data/services/tokens/issue/user/{seg}/?", TokenIssueFor),
         (rf"/data/services/tokens/validate/{seg}/{seg}/?", TokenValidate),
+        (rf"/data/services/tokens/invalidate/{seg}/?", TokenInvalidate),
         (rf"/data/services/tokens/invalidate/{seg}/{seg}/?", TokenInvalidate),
         (r"/data/services/auth/?", ServicesAuth),
         (r"/data/JSESSION/?", JSession),

@@ -1,10 +1,13 @@
 """An OpenID provider as the hub sees it: its discovery document and its signing keys.
 
 Both are fetched lazily, once, and shared by every login: concurrent first logins wait on one
-fetch instead of sending one each. The key set is fetched again only when a token names a key
-id it does not hold (the provider rotated its keys), and then at most once per
-``min_refresh_interval``: a flood of tokens with made-up key ids costs the provider one request a
-minute, not one per token.
+fetch instead of sending one each. The key set is fetched again when a token names a key id it
+does not hold (the provider rotated its keys), at most once per ``min_refresh_interval``: a
+flood of tokens with made-up key ids costs the provider one request a minute, not one per
+token. It is also fetched again once it is ``max_age`` old, so that a key the provider has
+withdrawn (compromised, retired) stops being trusted within that time: each fetch replaces the
+whole set. If that fetch fails, the old set serves for at most ``max_stale`` more (an outage of
+the JWKS endpoint alone must not stop logins at once), then verification fails as unavailable.
 
 All HTTP goes through an injected ``httpx.AsyncClient`` (timeouts, proxies and ``trust_env`` are
 the caller's choice). An outage is a :class:`ProviderUnavailable`, never an
@@ -246,23 +249,52 @@ class JwksCache:
         jwks_uri: str,
         *,
         min_refresh_interval: float = 60.0,
+        max_age: float = 900.0,
+        max_stale: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.jwks_uri = check_provider_url(jwks_uri, "jwks_uri")
         self.min_refresh_interval = min_refresh_interval
+        self.max_age = max(float(max_age), float(min_refresh_interval))
+        self.max_stale = self.max_age if max_stale is None else max(0.0, float(max_stale))
         self._http = http
         self._clock = clock
         self._key_set: KeySet | None = None
+        #: when the key set now held was fetched
+        self._fetched_at: float | None = None
         self._last_fetch: float | None = None
         self._flight: _SingleFlight[KeySet] = _SingleFlight()
         #: how many times the key set was requested from the provider
         self.fetch_count = 0
 
     async def get_key_set(self) -> KeySet:
-        """The cached key set, fetched on first use (concurrent first callers share the fetch)."""
-        if self._key_set is not None:
+        """The cached key set, fetched on first use (concurrent first callers share the fetch)
+        and again once it is ``max_age`` old."""
+        if self._key_set is None:
+            return await self._flight.run(self._fetch)
+        if self._clock() - self._fetched_at < self.max_age:
             return self._key_set
-        return await self._flight.run(self._fetch)
+        return await self._refetch_old()
+
+    async def _refetch_old(self) -> KeySet:
+        age = self._clock() - self._fetched_at
+        try:
+            if not await self.refresh():
+                # a fetch was tried moments ago and failed: do not hammer, serve while allowed
+                raise ProviderUnavailable(f"JWKS at {self.jwks_uri} could not be fetched again", url=self.jwks_uri)
+        except ProviderUnavailable as err:
+            if age < self.max_age + self.max_stale:
+                log.warning(
+                    "JWKS at %s is %.0fs old and could not be fetched again (%s); using it a while longer",
+                    self.jwks_uri,
+                    age,
+                    err,
+                )
+                return self._key_set
+            raise ProviderUnavailable(
+                f"JWKS at {self.jwks_uri} could not be fetched again for {age:.0f}s: {err}", url=self.jwks_uri
+            ) from None
+        return self._key_set
 
     async def refresh(self) -> bool:
         """Fetch the key set again unless that was done less than ``min_refresh_interval`` ago.
@@ -293,10 +325,12 @@ class JwksCache:
         return key
 
     async def _fetch(self) -> KeySet:
-        self._last_fetch = self._clock()
+        started = self._last_fetch = self._clock()
         self.fetch_count += 1
         doc = await _get_json(self._http, self.jwks_uri, "JWKS")
+        # the whole set is replaced: a key the provider no longer publishes is no longer trusted
         self._key_set = _import_key_set(doc, self.jwks_uri)
+        self._fetched_at = started
         return self._key_set
 
 
@@ -318,6 +352,7 @@ class OidcProvider:
         discovery_url: str | None = None,
         endpoint_overrides: Mapping[str, str | None] | None = None,
         min_jwks_refresh_interval: float = 60.0,
+        jwks_max_age: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.issuer = check_provider_url(issuer, "oidc issuer")
@@ -341,6 +376,7 @@ class OidcProvider:
         self._http = http
         self._clock = clock
         self._min_jwks_refresh_interval = min_jwks_refresh_interval
+        self._jwks_max_age = jwks_max_age
         self._metadata: ProviderMetadata | None = None
         self._flight: _SingleFlight[ProviderMetadata] = _SingleFlight()
         self._jwks: JwksCache | None = None
@@ -369,6 +405,7 @@ class OidcProvider:
                     self._http,
                     metadata.jwks_uri,
                     min_refresh_interval=self._min_jwks_refresh_interval,
+                    max_age=self._jwks_max_age,
                     clock=self._clock,
                 )
         return self._jwks
