@@ -19,6 +19,7 @@ import pytest
 from jupyterhub.crypto import CryptKeeper
 from oauthenticator.oauth2 import _serialize_state  # the state cookie's format, as the hub writes it
 from tornado import web
+from tornado.httputil import HTTPHeaders
 from traitlets.config import Config
 
 from tests.world.rogue_idp import RogueIdP, pkce_pair
@@ -57,7 +58,9 @@ def idp(provider, xnat):
 
 def make_authenticator(xnat, *, oidc: RogueIdP | None = None, **settings) -> XnatOAuthenticator:
     c = Config()
-    c.XnatOAuthenticator.xnat_state_file = str(xnat.root / f"hub-state-{secrets.token_hex(4)}.sqlite")
+    state = xnat.root / f"hub-state-{secrets.token_hex(4)}"
+    c.XnatOAuthenticator.xnat_state_file = f"{state}.sqlite"
+    c.XnatOAuthenticator.password_throttle_db = f"{state}-throttle.sqlite"
     c.XnatOAuthenticator.xnat_url = xnat.url
     c.XnatOAuthenticator.xnat_timeout = 2.0
     if oidc is not None:
@@ -77,10 +80,14 @@ def make_authenticator(xnat, *, oidc: RogueIdP | None = None, **settings) -> Xna
 
 
 class FormHandler:
-    """A POST to /hub/login as the authenticator sees it."""
+    """A POST to /hub/login as the authenticator sees it: from a client on this machine."""
 
     def __init__(self, address: str = "127.0.0.1"):
-        self.request = SimpleNamespace(remote_ip=address)
+        self.request = SimpleNamespace(
+            remote_ip=address,
+            headers=HTTPHeaders(),
+            connection=SimpleNamespace(context=SimpleNamespace(address=(address, 50000))),
+        )
 
 
 class CallbackHandler:

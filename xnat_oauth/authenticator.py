@@ -70,7 +70,8 @@ from .oidc.errors import IdentityConflict, IdTokenError
 from .oidc.id_token import merge_claims, verify_id_token
 from .oidc.presets import ProviderPreset, generic_preset, get_preset
 from .password_login import PasswordLogin
-from .throttle import Limit, LoginThrottle
+from .client_address import request_client_address, trusted_proxies_of
+from .throttle import PasswordThrottleSettings, throttle_from_settings
 from .urls import is_loopback_url
 from .user_errors import BEARER_REFUSED_HELP, oidc_login_errors, password_login_errors, user_error
 from .xnat_client import BearerAuth, XnatClient
@@ -114,7 +115,7 @@ class XnatLogoutHandler(OAuthLogoutHandler):
             await self.authenticator.forget_xnat_token(self.current_user)
 
 
-class XnatOAuthenticator(GenericOAuthenticator):
+class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
     login_handler = oidc_handlers.XnatOAuthLoginHandler
     logout_handler = XnatLogoutHandler
 
@@ -322,6 +323,14 @@ class XnatOAuthenticator(GenericOAuthenticator):
         config=True,
         help="""At most one refetch of the provider's signing keys per this many seconds when a
         token names an unknown key id, so a flood of bad tokens cannot hammer the provider.""",
+    )
+
+    oidc_jwks_max_age = Float(
+        900.0,
+        config=True,
+        help="""Seconds after which the provider's signing keys are fetched again, so a key the
+        provider withdrew (leaked, retired) stops being trusted within this time. If the JWKS
+        endpoint is down then, the old keys serve this long again at most.""",
     )
 
     @default("scope")
@@ -541,7 +550,14 @@ class XnatOAuthenticator(GenericOAuthenticator):
             self.oidc_preset,
             endpoint_overrides=overrides,
             min_jwks_refresh_interval=self.oidc_jwks_min_refresh_interval,
+            jwks_max_age=self.oidc_jwks_max_age,
         )
+
+    @cached_property
+    def trusted_proxies(self):
+        """The hops whose X-Forwarded-For entries count: this machine's configurable-http-proxy
+        and JupyterHub's ``trusted_downstream_ips``."""
+        return trusted_proxies_of(self)
 
     @cached_property
     def identity_bindings(self) -> IdentityBindings:
@@ -582,9 +598,8 @@ class XnatOAuthenticator(GenericOAuthenticator):
 
     @cached_property
     def _password_login(self) -> PasswordLogin:
-        throttle = LoginThrottle(
-            per_user=Limit(self.password_max_failures_per_user, self.password_throttle_window),
-            per_address=Limit(self.password_max_failures_per_address, self.password_throttle_window),
+        throttle = throttle_from_settings(
+            self, openid_service=self.login_service if self.oidc_enabled else None
         )
         return PasswordLogin(
             self.xnat, throttle, check_jupyter=self.check_xnat_jupyter_permission, log=self.log
@@ -630,12 +645,18 @@ class XnatOAuthenticator(GenericOAuthenticator):
             "grant_type": PASSWORD_GRANT,
             "username": data.get("username", ""),
             "password": data.get("password", ""),
-            "address": handler.request.remote_ip if handler is not None else "unknown",
+            # the client as trusted proxies saw it: X-Real-Ip and untrusted hops are the client's
+            # own choice, and would let one address pass for many
+            "address": (
+                request_client_address(handler.request, self.trusted_proxies)
+                if handler is not None
+                else "unknown"
+            ),
         }
 
     async def get_token_info(self, handler, params):
         if params.get("grant_type") == PASSWORD_GRANT:
-            with password_login_errors(self.log, params["username"]):
+            with password_login_errors(self.log, self._password_login.log_ref(params["username"])):
                 record = await self._password_login.login(
                     params["username"], params["password"], params["address"]
                 )

@@ -72,6 +72,10 @@ class XnatUnavailable(XnatError):
     user_message = "XNAT is unavailable at the moment. Please try again in a few minutes."
 
 
+class XnatUnreachable(XnatUnavailable):
+    """No connection to XNAT could be made (refused, DNS, TLS handshake): nothing reached it."""
+
+
 class XnatBadResponse(XnatUnavailable):
     """XNAT answered 2xx but not with what its API promises (HTML login page, broken JSON).
 

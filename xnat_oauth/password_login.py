@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from .auth_state import XnatAuthState
-from .errors import LoginThrottled, XnatAuthError, XnatForbidden
+from .errors import XnatAuthError, XnatForbidden, XnatUnavailable, XnatUnreachable
 from .throttle import LoginThrottle
 from .xnat_client import XnatClient
 from .xnat_login import finish_login
@@ -41,6 +41,13 @@ class PasswordLogin:
         self.throttle = throttle
         self.check_jupyter = check_jupyter
 
+    def log_ref(self, username: str) -> str:
+        """How a log line names what was typed as the username: never the text itself."""
+        try:
+            return f"username id {self.throttle.store.key((username or '').strip())[:12]}"
+        except Exception:  # the throttle's file is unusable: its own refusal says so
+            return "a username"
+
     async def login(self, username: str, password: str, address: str) -> XnatAuthState:
         """Return the auth_state record for a correct password, or raise a typed error."""
         username = (username or "").strip()
@@ -53,12 +60,7 @@ class PasswordLogin:
         ):
             raise XnatAuthError("empty or malformed username/password in the login form")
 
-        attempt = self.throttle.begin(username, address)
-        if attempt is None:
-            wait = self.throttle.retry_after(username, address)
-            raise LoginThrottled(
-                f"password login throttled for a username from {address}; retry in {wait:.0f}s"
-            )
+        attempt = self.throttle.begin(username, address)  # ThrottleRefused: XNAT is not asked
         try:
             issued = await self.client.issue_token((username, password))
         except XnatAuthError:
@@ -68,6 +70,12 @@ class PasswordLogin:
             # XNAT answers 403 to guests and to accounts it will not give tokens to.
             attempt.failed()
             raise XnatAuthError("XNAT refused to issue a token (403)") from None
+        except XnatUnavailable as e:
+            # XNAT answered 5xx (before or instead of the password check) or the connection was
+            # refused: the password cannot have been counted. A timeout may have been.
+            counted = False if e.status is not None or isinstance(e, XnatUnreachable) else None
+            attempt.inconclusive(counted_by_xnat=counted)
+            raise
         except BaseException:
             attempt.inconclusive()
             raise

@@ -57,20 +57,17 @@ def user_error(status: int, message: str) -> web.HTTPError:
     return err
 
 
-def short(s: str) -> str:
-    """A username field as it may appear in a log: a pasted password must not."""
-    return s if len(s) <= 32 else f"{s[:16]}...({len(s)} chars)"
-
-
 @contextlib.contextmanager
-def password_login_errors(log: logging.Logger | logging.LoggerAdapter, username: str) -> Iterator[None]:
+def password_login_errors(log: logging.Logger | logging.LoggerAdapter, who: str) -> Iterator[None]:
+    """``who`` names the username field without its text (a pasted password must not reach the
+    log): the throttle's id for it, which ``xnat-oauth throttle show|reset --id`` understand."""
     try:
         yield
     except LoginThrottled as e:
         log.warning("XNAT password login: %s", e)
         raise user_error(e.status_code, e.user_message) from None
     except XnatAuthError as e:
-        log.warning("XNAT password login refused for %r: %s", short(username), e)
+        log.warning("XNAT password login refused for %s: %s", who, e)
         raise user_error(403, XnatAuthError.user_message) from None
     except XnatUnavailable as e:
         log.error("XNAT password login failed, XNAT unavailable: %s", e)

@@ -39,6 +39,7 @@ from .errors import (
     XnatForbidden,
     XnatNotFound,
     XnatUnavailable,
+    XnatUnreachable,
 )
 
 log = logging.getLogger("xnat_oauth.xnat")
@@ -244,6 +245,10 @@ class XnatClient:
             )
         except (httpx.TimeoutException, asyncio.TimeoutError):
             raise XnatUnavailable(f"XNAT timed out after {self.timeout:g}s: {method} {safe}", url=safe) from None
+        except httpx.ConnectError as e:
+            raise XnatUnreachable(
+                f"XNAT unreachable: {method} {safe}: {type(e).__name__}", url=safe
+            ) from None
         except httpx.TransportError as e:
             raise XnatUnavailable(
                 f"XNAT unreachable: {method} {safe}: {type(e).__name__}", url=safe

@@ -125,14 +125,22 @@ class HubBrowser:
     ``post_form`` resolve against ``base_url``.
     """
 
-    def __init__(self, base_url: str):
+    def __init__(self, base_url: str, *, source_address: str | None = None):
+        """``source_address``: another loopback address to connect from (``127.0.0.2``), for a
+        client the hub must not take for its own proxy."""
         self.base_url = base_url.rstrip("/")
         self.hub_url = self.base_url + "/hub"
 
         async def _hook(request: httpx.Request) -> None:
             _check_loopback(request)
 
+        transport = None
+        if source_address is not None:
+            if not source_address.startswith("127."):
+                raise ValueError("the test browser connects from loopback only")
+            transport = httpx.AsyncHTTPTransport(local_address=source_address, verify=SHARED_SSL_CONTEXT)
         self.client = httpx.AsyncClient(
+            transport=transport,
             follow_redirects=False,
             trust_env=False,
             verify=SHARED_SSL_CONTEXT,
