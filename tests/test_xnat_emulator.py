@@ -7,6 +7,7 @@ the emulator the rest of the suite relies on answers like XNAT.
 from __future__ import annotations
 
 import asyncio
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 import json
 import logging
 import os
@@ -60,9 +61,15 @@ def assert_shape(ref, got, where="$"):
             assert_shape(ref[0], item, f"{where}[]")
 
 
+def no_cookies() -> CookieJar:
+    """A jar that keeps nothing: each call authenticates anew (a kept JSESSIONID would win
+    over the Basic header, as in XNAT, and these tests are about the header)."""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+
 @pytest.fixture
 def http(xnat):
-    with httpx.Client(base_url=xnat.url, trust_env=False, timeout=10) as c:
+    with httpx.Client(base_url=xnat.url, trust_env=False, timeout=10, cookies=no_cookies()) as c:
         yield c
 
 
@@ -112,18 +119,28 @@ def test_validate_and_invalidate_match_reference(xnat, http, people):
     assert xnat.token_owner(tok["alias"], tok["secret"]) is None
 
 
-def test_projects_match_reference_and_only_readable(xnat, http, people):
+def test_projects_match_reference_and_list_protected_and_public_ones(xnat, http, people):
+    # ProjectListResource: the default listing holds the caller's projects and every public
+    # and protected one; a protected project's data stays closed to non-members
+    xnat.add_project("PROT", protected=True, readers=["bob"])
     r = http.get("/data/projects", params={"format": "json"}, auth=A)
     d = r.json()
     assert_shape(reference("07"), d)
-    assert d["ResultSet"]["totalRecords"] == "2"
-    assert [p["ID"] for p in d["ResultSet"]["Result"]] == ["P1", "P2"]
+    assert d["ResultSet"]["totalRecords"] == "4"
+    assert [p["ID"] for p in d["ResultSet"]["Result"]] == ["OPEN", "P1", "P2", "PROT"]
     bob = http.get("/data/projects", params={"format": "json"}, auth=("bob", "bob-pw")).json()
-    assert [p["ID"] for p in bob["ResultSet"]["Result"]] == ["P1"]
+    assert [p["ID"] for p in bob["ResultSet"]["Result"]] == ["OPEN", "P1", "PROT"]
     acc = http.get("/data/projects", params={"format": "json", "accessible": "true"}, auth=("bob", "bob-pw")).json()
-    assert {p["ID"] for p in acc["ResultSet"]["Result"]} == {"P1", "OPEN"}
+    assert {p["ID"] for p in acc["ResultSet"]["Result"]} == {"P1", "OPEN", "PROT"}
     admin = http.get("/data/projects", params={"format": "json"}, auth=ADMIN).json()
-    assert admin["ResultSet"]["totalRecords"] == "3"
+    assert admin["ResultSet"]["totalRecords"] == "4"
+    # data: members and public projects 200, protected non-member 403, unseen private 404
+    subjects = lambda pid, auth: http.get(f"/data/projects/{pid}/subjects", params={"format": "json"}, auth=auth)  # noqa: E731
+    assert subjects("PROT", A).status_code == 403
+    assert subjects("PROT", ("bob", "bob-pw")).status_code == 200
+    assert subjects("OPEN", A).status_code == 200 and subjects("P1", A).json()["ResultSet"]["Result"]
+    assert subjects("P2", ("bob", "bob-pw")).status_code == 404
+    assert subjects("PROT", ADMIN).status_code == 200
 
 
 def test_users_match_reference(xnat, http, people):
@@ -225,7 +242,7 @@ def test_lockout_after_threshold_and_expiry(make_xnat):
     now = [1_700_000_000.0]
     emu = make_xnat(lockout_threshold=3, lockout_seconds=600, clock=lambda: now[0])
     emu.add_user("dana", "right")
-    c = httpx.Client(base_url=emu.url, trust_env=False)
+    c = httpx.Client(base_url=emu.url, trust_env=False, cookies=no_cookies())
     for i in range(2):
         assert c.get("/xapi/users/username", auth=("dana", "wrong")).status_code == 401
     assert emu.failures("dana") == 2 and not emu.locked("dana")
@@ -406,7 +423,7 @@ async def test_slow_fault_does_not_block_other_requests(xnat, people):
         done, _ = await asyncio.wait({slow, fast}, return_when=asyncio.FIRST_COMPLETED)
         assert done == {fast} and fast.result().text == "alice"
         r = await slow
-        assert r.status_code == 200 and r.json()["ResultSet"]["totalRecords"] == "2"
+        assert r.status_code == 200 and r.json()["ResultSet"]["totalRecords"] == "3"  # P1, P2, OPEN
 
 
 def test_go_down_refuses_connections_and_come_up_keeps_port_and_state(xnat, http, people):
@@ -628,7 +645,7 @@ def test_demo_world(demo_xnat):
     roles = {u: c.get(f"/xapi/users/{u}/roles", auth=(u, pw[u])).json() for u in pw}
     assert roles == {"alice": ["Jupyter"], "bob": [], "carol": ["Administrator"], "jupyterhub": ["JupyterHub"]}
     ids = [p["ID"] for p in c.get("/data/projects", auth=("alice", pw["alice"])).json()["ResultSet"]["Result"]]
-    assert ids == ["DEMO_CT", "DEMO_MR"]
+    assert ids == ["DEMO_CT", "DEMO_MR", "PUBLIC_RT"]  # public projects are listed to all
     for pid in ids:
         d = emu.archive_root / pid
         dcm = list((d / "arc001").rglob("*.dcm"))
