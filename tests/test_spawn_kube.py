@@ -188,7 +188,7 @@ async def test_applying_twice_replaces_the_previous_launch_and_keeps_the_admins_
     assert "nodeSelector" not in pod["spec"] or not pod["spec"]["nodeSelector"]
 
 
-async def test_shared_roots_cannot_be_mounted_on_kubernetes():
+async def test_host_directories_of_compute_environments_cannot_be_mounted_on_kubernetes():
     config = kube_config(extra_readonly_roots=["/srv/shared"])
     opts = copy.deepcopy(REFERENCE_OPTIONS)
     opts["task_template"]["container_spec"]["mounts"].append(
@@ -196,7 +196,8 @@ async def test_shared_roots_cannot_be_mounted_on_kubernetes():
     plan = launch_plan_for(options=opts, extra_readonly_roots=("/srv/shared",))
     with pytest.raises(SpawnRefused) as err:
         kube.apply_kube(make_spawner(config), plan, XnatSpawnHooks(config=config))
-    assert err.value.reason == "config"
+    assert err.value.reason == "unsupported"
+    assert "host directory" in err.value.jupyterhub_message
 
 
 async def test_pre_spawn_hook_end_to_end_with_the_emulator(xnat):
@@ -214,7 +215,7 @@ async def test_pre_spawn_hook_end_to_end_with_the_emulator(xnat):
     assert subs == ["PK/arc001", "PK/resources", "PK/subjects", "users/aaf_YAdr3eQ"]
     env = env_of(pod)
     assert xnat.token_owner(env["XNAT_USER"], env["XNAT_PASS"]) == "aaf_YAdr3eQ"
-    assert xnat.count() == 1
+    assert (xnat.count("projects"), xnat.count("project_subjects"), xnat.count()) == (1, 1, 2)
 
 
 async def test_pre_spawn_hook_refuses_when_xnat_is_down(xnat):
