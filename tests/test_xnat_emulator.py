@@ -26,6 +26,9 @@ from joserfc import jwk, jwt
 
 from tests.world.xnat_bearer import xnat_username
 
+# every test here checks the test world (the XNAT emulator) itself
+pytestmark = pytest.mark.world
+
 REPO = Path(__file__).resolve().parents[1]
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -86,6 +89,7 @@ def people(xnat):
 
 
 A = ("alice", "alice-pw")
+GENERIC_401_BODY = {"status": 401, "message": "Login attempt failed. Please try again."}
 ADMIN = ("carol", "carol-pw")
 HUB = ("jupyterhub", "hub-pw")
 
@@ -682,3 +686,50 @@ def _readline_within(proc, seconds):
     t.join(seconds)
     assert box and box[0], f"no ready line within {seconds}s"
     return box[0]
+
+
+def test_session_cap_counts_failed_logins_and_locks(make_xnat):
+    """SecurityConfig.sessionAuthenticationStrategy: past concurrentMaxSessions live sessions a
+    login is a 401 that XnatBasicAuthenticationFilter logs as a failed attempt; 20 lock."""
+    now = [1_700_000_000.0]
+    emu = make_xnat(concurrent_max_sessions=3, lockout_threshold=5, clock=lambda: now[0])
+    emu.add_user("svc", "pw", roles=["JupyterHub"])
+    c = httpx.Client(base_url=emu.url, trust_env=False, cookies=no_cookies())
+    assert [c.get("/xapi/users/username", auth=("svc", "pw")).status_code for _ in range(3)] == [200] * 3
+    assert emu.live_sessions("svc") == 3 and emu.failures("svc") == 0
+    r = c.get("/xapi/users/username", auth=("svc", "pw"))
+    assert r.status_code == 401 and r.json() == GENERIC_401_BODY and emu.failures("svc") == 1
+    for _ in range(4):
+        c.get("/xapi/users/username", auth=("svc", "pw"))
+    assert emu.locked("svc")
+    # sessions end after 15 idle minutes (SiteConfigPreferences.sessionTimeout)
+    now[0] += 901
+    assert emu.live_sessions("svc") == 0
+
+
+def test_a_live_session_beats_the_basic_header_of_its_own_user(xnat, people):
+    c = httpx.Client(base_url=xnat.url, trust_env=False)
+    tok = xnat.mint_token("alice")
+    assert c.get("/xapi/users/username", auth=(tok["alias"], tok["secret"])).text == "alice"
+    opened = xnat.sessions_opened["alice"]
+    # XnatBasicAuthenticationFilter.authenticationIsRequired: same user (or an alias of that
+    # user's token): no new login, no new session
+    assert c.get("/xapi/users/username", auth=(tok["alias"], tok["secret"])).text == "alice"
+    assert c.get("/xapi/users/username", auth=A).text == "alice"
+    assert xnat.sessions_opened["alice"] == opened and xnat.calls[-1].auth_kind == "session"
+    # another user's header authenticates anew
+    assert c.get("/xapi/users/username", auth=("bob", "bob-pw")).text == "bob"
+
+
+def test_xnatpy_logs_in_with_an_alias_token_and_lists_projects_and_subjects(xnat, people):
+    import xnat as xnatpy
+
+    xnat.add_project("PROT", protected=True, readers=["bob"])
+    tok = xnat.mint_token("alice")
+    with xnatpy.connect(xnat.url, user=tok["alias"], password=tok["secret"], loglevel="ERROR") as s:
+        assert s.logged_in_user == "alice"
+        assert sorted(s.projects.keys()) == ["OPEN", "P1", "P2", "PROT"]
+        assert [x.label for x in s.projects["P1"].subjects.values()] == ["P1_S00001"]
+        with pytest.raises(xnatpy.exceptions.XNATResponseError, match="403"):
+            s.projects["PROT"].subjects.listing
+    assert xnat.sessions_opened["alice"] == 1
