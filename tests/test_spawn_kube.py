@@ -236,3 +236,42 @@ def test_swarm_constraints_map_to_node_labels():
     assert kube.node_label("node.hostname") == "kubernetes.io/hostname"
     assert kube.node_label("node.role") is None
     assert kube.node_label("node.labels.a/b/c") is None
+
+
+def _compute_env_options():
+    opts = copy.deepcopy(REFERENCE_OPTIONS)
+    cs = opts["task_template"]["container_spec"]
+    cs["mounts"].append({"target": "/data/models", "source": "xnat-models", "type": "volume", "read_only": True})
+    cs["command"] = "jhsingle-native-proxy --port 8888 --destport 8501 streamlit run app.py {--}server.port {port}"
+    cs["env"]["LD_LIBRARY_PATH"] = "/opt/{lib}"
+    opts["task_template"]["resources"] = None
+    return opts
+
+
+async def test_compute_environment_volume_and_command_become_a_valid_pod():
+    config = kube_config(kube_volume_claims={"xnat-models": "models-pvc"})
+    config.KubeSpawner.cmd = ["jupyterhub-singleuser"]
+    spawner = make_spawner(config)
+    plan = launch_plan_for(options=_compute_env_options())
+    kube.apply_kube(spawner, plan, XnatSpawnHooks(config=config))
+    pod = await pod_of(spawner)
+    c = the_container(pod)
+    vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+    (models,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/data/models"]
+    assert vols[models["name"]]["persistentVolumeClaim"] == {"claimName": "models-pvc"}
+    assert models["readOnly"] is True and "subPath" not in models
+    # an argument list; the braces of the program's own placeholders reach the pod intact
+    assert c["args"][: len(plan.command)] == list(plan.command) and "{port}" in c["args"]
+    assert env_of(pod)["LD_LIBRARY_PATH"] == "/opt/{lib}"
+    # applied again without a command: the configured cmd comes back
+    kube.apply_kube(spawner, launch_plan_for(), XnatSpawnHooks(config=config))
+    assert the_container(await pod_of(spawner))["args"][0] == "jupyterhub-singleuser"
+
+
+async def test_a_volume_without_a_claim_mapping_is_refused_with_a_clear_message():
+    config = kube_config()
+    with pytest.raises(SpawnRefused) as err:
+        kube.apply_kube(make_spawner(config), launch_plan_for(options=_compute_env_options()),
+                        XnatSpawnHooks(config=config))
+    assert err.value.reason == "unsupported"
+    assert "xnat-models" in err.value.jupyterhub_message and "claim" in err.value.jupyterhub_message
