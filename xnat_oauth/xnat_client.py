@@ -330,8 +330,10 @@ class XnatClient:
         if store.get(fp) is not None:
             return await self._exchange(method, path, auth, params, accept, store, fp)
         async with store.lock(fp):
-            # whoever held the lock may have opened the session meanwhile
-            return await self._exchange(method, path, auth, params, accept, store, fp)
+            # only the login waits in line: whoever held the lock may have opened the session
+            if store.get(fp) is None:
+                return await self._exchange(method, path, auth, params, accept, store, fp)
+        return await self._exchange(method, path, auth, params, accept, store, fp)
 
     async def _exchange(self, method, path, auth, params, accept, store, fp) -> httpx.Response:
         url = self.url + path
