@@ -395,8 +395,9 @@ class Root(XnatHandler):
 
 
 class DataAuth(XnatHandler):
-    """``GET /data/auth``: XNAT's ``AuthResource`` answers who is logged in; xnatpy's
-    ``check_auth`` reads exactly this sentence."""
+    """``GET /data/auth``: XNAT answers with a sentence naming who is logged in. Its exact
+    shape here comes from the client side, not XNAT's source: xnatpy's ``check_auth`` (used
+    against real XNATs) matches ``User '(?P<username>[^<]+)' is logged in``."""
 
     endpoint = "data_auth"
 
@@ -423,8 +424,9 @@ class Schemas(XnatHandler):
 
 
 class SearchElements(XnatHandler):
-    """``/data/search/elements`` (SearchElementsResource) and ``.../{type}``
-    (SearchFieldsResource): the searchable data types and their display fields, which xnatpy
+    """``/data/search/elements`` (SearchElementListResource) and ``.../{ELEMENT_NAME}``
+    (SearchFieldListResource, both attached in ``XNATApplication``): the searchable data
+    types and their display fields, which xnatpy
     reads at ``connect()``. Only the types the emulator holds, with a few of XNAT's fields."""
 
     endpoint = "search_elements"
@@ -507,8 +509,8 @@ def make_app(emu: "XnatEmulator") -> web.Application:
         (r"/xapi/users/profile/?", UsersProfile),
         (rf"/xapi/users/{seg}/roles/?", UsersRoles),
         (rf"/xapi/users/{seg}/?", UsersGet),
-        # XNAT's restlet application attaches every /data/X resource at /data/archive/X too
-        # (XNATRestletApplication); xnatpy uses the /data/archive spelling
+        # XNATApplication.attachArchiveURI attaches /projects... at /archive/projects... too;
+        # xnatpy uses the /data/archive spelling
         (r"/data(?:/archive)?/projects/?", Projects),
         (rf"/data(?:/archive)?/projects/{seg}/subjects/?", ProjectSubjects),
         (r"/?", Root),
