@@ -901,3 +901,39 @@ async def test_xnatpy_with_a_notebooks_credentials_lists_exactly_that_users_proj
     # exactly XNAT's listing for alice: hers and the protected one, never bob's PC
     assert projects == ["PA", "PB", "PROT"]
     assert subjects == {"PA": ["PA_S00001"], "PB": ["PB_S00001"], "PROT": None}
+
+
+async def test_every_writable_mount_reached_through_a_link_is_refused(world, tmp_path):
+    scratch = tmp_path / "scratch"
+    (scratch / "real").mkdir(parents=True)
+    (scratch / "alice").symlink_to(scratch / "real")  # stays inside the root, still a link
+    env = {"mounts": [{"volumeName": "", "localPath": str(scratch / "alice"), "containerPath": "/data/scratch",
+                       "readOnly": False}]}
+    stored = world.store_user_options("alice", "", project_id="PA", compute_environment=env)
+    spawner = spawner_for(world, "alice", user_options=launch_of(stored), allowed_images=["*"],
+                          extra_writable_roots=[str(scratch)])
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner)
+    assert err.value.reason == "invalid_launch_options" and "link" in err.value.jupyterhub_message
+    # read-only below the same root: a link inside the root is fine, the mount is not writable
+    env["mounts"][0]["readOnly"] = True
+    stored = world.store_user_options("alice", "", project_id="PA", compute_environment=env)
+    plan = await build_plan(spawner_for(world, "alice", user_options=launch_of(stored), allowed_images=["*"],
+                                        extra_readonly_roots=[str(scratch)]))
+    assert [m.read_only for m in plan.mounts if m.target == "/data/scratch"] == [True]
+
+
+async def test_a_workspace_below_a_linked_users_directory_is_refused(world, tmp_path):
+    import shutil
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(world.workspace_root / "users", ignore_errors=True)
+    (world.workspace_root / "users").symlink_to(elsewhere)
+    try:
+        with pytest.raises(SpawnRefused) as err:
+            await build_plan(spawner_for(world, "alice"))
+        assert "link" in err.value.jupyterhub_message
+        assert list(elsewhere.iterdir()) == []  # nothing was created through the link
+    finally:
+        (world.workspace_root / "users").unlink()
