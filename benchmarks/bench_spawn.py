@@ -1,20 +1,25 @@
-"""Hub API latency while 50 spawns wait on a slow XNAT: the async hook vs a blocking one.
+"""Hub API latency while 50 and 200 spawns wait on a 1 s XNAT: our hook vs no hook at all.
 
-``python -m benchmarks.bench_spawn [--out benchmarks/results/spawn.json]``
+``python -m benchmarks.bench_spawn [--out benchmarks/results/spawn.json] [--sizes 50,200]``
 
-Everything is real and on 127.0.0.1: the XNAT emulator with every project listing slowed to
-1 s, a JupyterHub subprocess with the real proxy, and a tiny HTTP stub standing in for the
+Everything is real and on 127.0.0.1: the XNAT emulator answering every request after 1 s, a
+JupyterHub subprocess with the real proxy, and a tiny HTTP stub standing in for the
 single-user servers (so the spawns cost the hub what a spawn costs, not what a notebook
-costs). Three hubs run one after the other in the same run:
+costs). Hubs run one after the other in the same run, each with N concurrent spawns:
 
-* ``none``: no hook at all, the hub's own cost of 50 concurrent spawns (baseline);
-* ``async``: the project's hook (:func:`spawn_hooks.build.build_plan`, async httpx);
-* ``blocking``: a hook doing the same XNAT call with ``requests``, as the original
-  xnat2jupyterhub hooks did, which blocks the hub's event loop for the whole call.
+* ``none``: no hook at all, the hub's own cost of N concurrent spawns (the baseline);
+* ``async``: the project's hook for servers started from the hub
+  (:func:`spawn_hooks.build.build_plan`: project listing, then a read check per project);
+* ``async_xnat_launch`` (N=50): the hook for servers XNAT launched (the service account
+  reads the stored launch options);
+* ``blocking`` (N=50): a hook doing the listing with ``requests``, as the original
+  xnat2jupyterhub hooks did, which blocks the hub's event loop for the whole call (its window
+  is bounded: the hub is measured, then stopped).
 
-While the 50 spawns are pending, one client calls the hub's REST API back to back and
-records each latency; the figures (p50/p99 and more) go to a JSON file. The blocking
-variant is measured for a bounded window, then its hub is stopped.
+While the N spawns are pending, one client calls the hub's REST API back to back and records
+each latency. The report holds p50/p99 per variant, ``p99_ratio_async_over_none`` per N (the
+target: within 1.2), and XNAT sessions opened per 100 spawns (service account and users
+apart), as the emulator counted them. The blocking variant is measured for a bounded window.
 """
 
 from __future__ import annotations
@@ -39,8 +44,10 @@ from traitlets import Unicode
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N_SPAWNS = 50
+SIZES = (50, 200)
 XNAT_DELAY = 1.0
-WINDOW = 12.0  # seconds of measurement at most per variant
+WINDOW = 12.0  # seconds of measurement at most per variant (longer for more spawns)
+TARGET_RATIO = 1.2
 
 
 # -- what runs inside the hub ----------------------------------------------------------------
@@ -131,9 +138,13 @@ def _summary(lat: list[float]) -> dict:
 
 
 def _hub_config(variant: str, xnat, stub_url: str) -> str:
-    hook = {"none": "no_hook", "async": "async_hook", "blocking": "blocking_hook"}[variant]
+    hook = {"none": "no_hook", "async": "async_hook", "async_xnat_launch": "async_hook",
+            "blocking": "blocking_hook"}[variant]
     hooks = {
         "xnat_url": xnat.url,
+        "service_username": "jupyterhub",
+        "service_password": SERVICE_PASSWORD,
+        "allowed_images": ["*"],
         "archive_prefix": xnat.site_archive_path,
         "archive_host_prefix": str(xnat.archive_root),
         "workspace_prefix": xnat.site_workspace_path,
@@ -159,7 +170,10 @@ def _hub_config(variant: str, xnat, stub_url: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _measure(hub, users: list[str], window: float) -> dict:
+SERVICE_PASSWORD = "bench-service-password"
+
+
+async def _measure(hub, users: list[str], window: float, bodies: dict | None = None) -> dict:
     headers = {"Authorization": f"token {hub.api_token}"}
     latencies: list[float] = []
     spawned: list[float] = []
@@ -170,7 +184,8 @@ async def _measure(hub, users: list[str], window: float) -> dict:
 
         async def one_spawn(name):
             try:
-                r = await client.post(f"{hub.hub_url}/api/users/{name}/server", headers=headers, timeout=window)
+                r = await client.post(f"{hub.hub_url}/api/users/{name}/server", headers=headers, timeout=window,
+                                      json=(bodies or {}).get(name, {}))
             except httpx.TimeoutException:
                 return
             if r.status_code in (201, 202):
@@ -224,28 +239,55 @@ async def _idle_latency(hub, n: int = 50) -> dict:
     return _summary(lat)
 
 
-async def _variant(variant: str, xnat, stub_url: str, workdir: Path) -> dict:
+async def _variant(variant: str, n: int, xnat, stub_url: str, workdir: Path) -> dict:
     from tests.world.hub import HubProcess
     from tests.world.spawn_fakes import user_auth_state
 
-    hub = HubProcess(workdir / variant, _hub_config(variant, xnat, stub_url)).start()
+    hub = HubProcess(workdir / f"{variant}-{n}", _hub_config(variant, xnat, stub_url)).start()
+    window = WINDOW if variant == "blocking" else max(WINDOW, n * 0.25)
     try:
-        users = [f"u{i:03d}" for i in range(N_SPAWNS)]
+        users = [f"u{i:03d}" for i in range(n)]
         await hub.api("POST", "/users/probe")
+        bodies = {}
         for name in users:
             await hub.api("POST", f"/users/{name}")
             state = user_auth_state(xnat.url, name, xnat.mint_token(name))
             (await hub.api("PATCH", f"/users/{name}", json={"auth_state": state})).raise_for_status()
+            if variant == "async_xnat_launch":
+                stored = xnat.store_user_options(name, "", project_id=f"P{name[1:]}")
+                bodies[name] = {k: stored[k] for k in ("xsiType", "itemId", "projectId", "eventTrackingId")}
         idle = await _idle_latency(hub)
-        xnat.fault("projects", "slow", delay=XNAT_DELAY)
-        busy = await _measure(hub, users, WINDOW)
+        xnat.reset()  # sessions and the call log of this variant only
+        xnat.fault("*", "slow", delay=XNAT_DELAY)
+        # long enough for the hub to start them all on a small machine (about 0.1 s of its CPU each)
+        busy = await _measure(hub, users, window, bodies)
         xnat.clear_faults()
-        return {"idle_api_latency": idle, **busy}
+        opened = dict(xnat.sessions_opened)
+        service = opened.pop("jupyterhub", 0)
+        return {
+            "spawns": n,
+            "idle_api_latency": idle,
+            **busy,
+            "xnat_calls": xnat.count(),
+            "xnat_sessions_per_100_spawns": {
+                "service_account": round(service * 100 / n, 1),
+                "users": round(sum(opened.values()) * 100 / n, 1),
+            },
+        }
     finally:
         hub.stop()
 
 
-async def run(out: Path) -> dict:
+def _plan(sizes) -> list[tuple[str, int]]:
+    plan = []
+    for n in sizes:
+        plan += [("none", n), ("async", n)]
+        if n == min(sizes):
+            plan += [("async_xnat_launch", n), ("blocking", n)]
+    return plan
+
+
+async def run(out: Path, sizes=SIZES) -> dict:
     from tests.world.xnat_emulator import XnatEmulator
 
     stub = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
@@ -253,23 +295,33 @@ async def run(out: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-spawn-") as tmp:
         xnat = XnatEmulator(root=Path(tmp) / "xnat").start()
         try:
-            for i in range(N_SPAWNS):
+            xnat.add_user("jupyterhub", SERVICE_PASSWORD, roles=["JupyterHub"])
+            for i in range(max(sizes)):
                 name = f"u{i:03d}"
                 xnat.add_user(name, None, roles=["Jupyter"])
                 xnat.add_project(f"P{i:03d}", readers=[name])
             results = {}
-            for variant in ("none", "async", "blocking"):
-                results[variant] = await _variant(variant, xnat, f"http://127.0.0.1:{stub.server_address[1]}",
-                                                  Path(tmp))
+            for variant, n in _plan(sizes):
+                results[f"{variant}@{n}"] = await _variant(
+                    variant, n, xnat, f"http://127.0.0.1:{stub.server_address[1]}", Path(tmp))
         finally:
             xnat.stop()
             stub.shutdown()
+    ratios = {}
+    for n in sizes:
+        base, ours = results[f"none@{n}"]["api_latency"], results[f"async@{n}"]["api_latency"]
+        if base.get("p99_ms") and ours.get("p99_ms"):
+            ratios[str(n)] = round(ours["p99_ms"] / base["p99_ms"], 2)
     report = {
-        "benchmark": "hub API latency while spawns wait on a slow XNAT",
-        "spawns": N_SPAWNS,
+        "benchmark": "hub API latency while spawns wait on a 1 s XNAT: our hook vs no hook",
+        "sizes": list(sizes),
         "xnat_delay_s": XNAT_DELAY,
         "window_s": WINDOW,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        "p99_ratio_async_over_none": ratios,
+        "target": {"p99_ratio_at_most": TARGET_RATIO,
+                   "met": {n: r <= TARGET_RATIO for n, r in ratios.items()}},
         "results": results,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -280,13 +332,17 @@ async def run(out: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "spawn.json")
+    p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="concurrent spawns per run, e.g. 50,200")
     args = p.parse_args(argv)
-    report = asyncio.run(run(args.out))
+    sizes = tuple(int(x) for x in args.sizes.split(","))
+    report = asyncio.run(run(args.out, sizes))
     for variant, r in report["results"].items():
         lat = r["api_latency"]
-        print(f"{variant:9s} API p50 {lat.get('p50_ms')} ms  p99 {lat.get('p99_ms')} ms  (n={lat['n']}); "
-              f"spawns ready {r['spawns_ready']}/{N_SPAWNS} in {r['window_s']} s; idle p50 "
-              f"{r['idle_api_latency']['p50_ms']} ms")
+        sess = r["xnat_sessions_per_100_spawns"]
+        print(f"{variant:22s} API p50 {lat.get('p50_ms')} ms  p99 {lat.get('p99_ms')} ms  (n={lat['n']}); "
+              f"spawns ready {r['spawns_ready']}/{r['spawns']} in {r['window_s']} s; XNAT sessions per 100 "
+              f"spawns: service {sess['service_account']}, users {sess['users']}")
+    print(f"p99 ratio ours/none: {report['p99_ratio_async_over_none']} (target <= {TARGET_RATIO})")
     print(f"written to {args.out}")
     return 0
 

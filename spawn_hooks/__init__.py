@@ -11,9 +11,10 @@ and set ``c.XnatSpawnHooks.*`` (see :mod:`spawn_hooks.config`; defaults come fro
 original ``JH_XNAT_*`` / ``NB_UID`` environment variables).
 
 Layers, each its own module: settings (``config``), path safety (``paths``), the
-spawner-neutral plan and its pure builders (``plan``), the async build from auth_state and
-XNAT (``build``), one adapter per spawner family (``docker``, ``kube``, ``local``), and the
-refusal the spawn page shows (``errors``). The adapters import their spawner package only
+spawner-neutral plan and its pure builders (``plan``, where the trust line between XNAT's
+admins and the hub's is drawn), which XNAT credentials a notebook gets (``credentials``), the
+async build from auth_state and XNAT (``build``), one adapter per spawner family (``docker``,
+``kube``, ``local``), and the refusal the spawn page shows (``errors``). The adapters import their spawner package only
 when used, so importing this package needs neither docker nor kubernetes.
 """
 

@@ -1,18 +1,25 @@
 """Build a spawner's plan: auth_state, XNAT, the file system; every failure typed.
 
 :func:`build_plan` is what each adapter's ``pre_spawn_hook`` awaits. It never blocks the
-hub's event loop: XNAT is called through the async client (one request per spawn: the
-stored launch options with the service account, or the user's projects with the user's own
-token), and file-system checks run in a worker thread.
+hub's event loop: XNAT is called through the async client (the stored launch options with
+the service account; or the user's project listing and a read check per listed project with
+the user's own token), and file-system checks run in a worker thread.
+
+One client per XNAT URL and event loop lives as long as the hub, keeping one XNAT session
+per credential (:class:`xnat_oauth.xnat_client.SessionStore`): the service account does not
+open a session per spawn, which past XNAT's 1,000 per account would lock it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+from dataclasses import replace
 import logging
 import os
 import ssl
+import time
+import weakref
 
 from jupyterhub.utils import maybe_future
 from xnat_oauth.auth_state import AuthStateError, XnatAuthState
@@ -25,9 +32,18 @@ from xnat_oauth.errors import (
 )
 from xnat_oauth.xnat_client import XnatClient, project_ids
 
+from . import credentials
 from .config import XnatSpawnHooks
 from .errors import PlanError, SpawnRefused
-from .paths import check_servername, check_username, ensure_workspace, resolve_inside
+from .paths import (
+    check_project_id,
+    check_servername,
+    check_username,
+    ensure_workspace,
+    is_inside,
+    refuse_links_below,
+    resolve_inside,
+)
 from .plan import (
     Rules,
     SpawnPlan,
@@ -49,13 +65,66 @@ def _ssl_context(cafile: str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile or None)
 
 
+_CLIENTS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
+
+
 def _client(settings: XnatSpawnHooks, url: str) -> XnatClient:
-    return XnatClient(
-        url,
-        timeout=settings.xnat_timeout,
-        read_retries=settings.xnat_read_retries,
-        ssl_context=_ssl_context(settings.xnat_ca_bundle),
-    )
+    """The hub's long-lived client for ``url`` (per event loop: an httpx client belongs to
+    one). Never closed per spawn: its connections and XNAT sessions are what it is for."""
+    loop = asyncio.get_running_loop()
+    per_loop = _CLIENTS.setdefault(loop, {})
+    key = (url, settings.xnat_timeout, settings.xnat_read_retries, settings.xnat_ca_bundle,
+           settings.service_session_max_idle)
+    client = per_loop.get(key)
+    if client is None:
+        client = per_loop[key] = XnatClient(
+            url,
+            timeout=settings.xnat_timeout,
+            read_retries=settings.xnat_read_retries,
+            ssl_context=_ssl_context(settings.xnat_ca_bundle),
+            keep_sessions=True,
+            session_max_idle=settings.service_session_max_idle,
+        )
+    return client
+
+
+# (XNAT URL, username, token alias, project) -> (readable, monotonic expiry): an answer XNAT
+# gave to that credential, kept for project_check_cache_seconds
+_READABLE: dict[tuple[str, str, str, str], tuple[bool, float]] = {}
+_READABLE_MAX = 50_000
+
+
+def _remember(key, readable: bool, ttl: float) -> None:
+    now = time.monotonic()
+    if len(_READABLE) >= _READABLE_MAX:
+        for k in [k for k, (_, exp) in _READABLE.items() if exp <= now] or list(_READABLE)[: _READABLE_MAX // 2]:
+            _READABLE.pop(k, None)
+    _READABLE[key] = (readable, now + ttl)
+
+
+async def readable_projects(client: XnatClient, state: XnatAuthState, ids: list[str],
+                            settings: XnatSpawnHooks) -> list[str]:
+    """The projects of ``ids`` whose data the user's own token may read, checked one by one
+    (at most ``project_check_concurrency`` at a time), answers cached briefly."""
+    token, ttl = state.token, settings.project_check_cache_seconds
+    sem = asyncio.Semaphore(settings.project_check_concurrency)
+
+    async def one(pid: str) -> bool:
+        key = (client.url, state.username, token.alias, pid)
+        hit = _READABLE.get(key)
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+        async with sem:
+            ok = await client.can_read_project_data(pid, token)
+        if ttl > 0:
+            _remember(key, ok, ttl)
+        return ok
+
+    results = await asyncio.gather(*(one(p) for p in ids), return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return [p for p, ok in zip(ids, results) if ok]
 
 
 def _same_url(a: str, b: str) -> bool:
@@ -125,13 +194,13 @@ async def _plan_from_xnat(spawner, settings, rules, username, servername, launch
     url = _xnat_url(settings, state)
     if not settings.service_password:
         raise ConfigError("XnatSpawnHooks.service_password (or $JH_XNAT_PASSWORD) is not set")
-    async with _client(settings, url) as client:
-        try:
-            options = await client.user_options(
-                username, servername, (settings.service_username, settings.service_password)
-            )
-        except XnatError as e:
-            raise _refused_from_xnat(e, user_token=False) from None
+    client = _client(settings, url)
+    try:
+        options = await client.user_options(
+            username, servername, (settings.service_username, settings.service_password)
+        )
+    except XnatError as e:
+        raise _refused_from_xnat(e, user_token=False) from None
     return plan_from_launch(
         options,
         rules=rules,
@@ -145,22 +214,40 @@ async def _plan_from_xnat(spawner, settings, rules, username, servername, launch
 async def _plan_from_hub(spawner, settings, rules, servername, launch, raw_state) -> SpawnPlan:
     state = await fresh_auth_state(spawner, settings, raw_state)
     url = _xnat_url(settings, state)
-    async with _client(settings, url) as client:
-        try:
-            rows = await client.projects(state.token)
-        except XnatError as e:
-            raise _refused_from_xnat(e, user_token=True) from None
-    return plan_from_projects(
-        project_ids(rows),
+    client = _client(settings, url)
+    try:
+        rows = await client.projects(state.token)
+        # the listing holds every protected project too: mount only what the token may read
+        listed = sorted({check_project_id(p) for p in project_ids(rows)})
+        checked, warning = listed, None
+        cap = settings.max_project_checks
+        if len(listed) > cap:
+            checked = listed[:cap]
+            warning = (
+                f"You can see {len(listed)} XNAT projects; this hub mounts at most {cap}, so only "
+                f"the first {cap} by project ID were checked and mounted. Start the server from "
+                "XNAT to work on another project."
+            )
+            log.warning("%s lists %d projects; checking the first %d (max_project_checks)",
+                        state.username, len(listed), cap)
+        ids = await readable_projects(client, state, checked, settings)
+    except XnatError as e:
+        raise _refused_from_xnat(e, user_token=True) from None
+    creds = credentials.for_hub_server(state, settings)
+    plan = plan_from_projects(
+        ids,
         rules=rules,
         username=check_username(state.username),
         servername=servername,
-        xnat_host=settings.notebook_xnat_url or state.url,
-        token_alias=state.token.alias,
-        token_secret=state.token.secret,
+        xnat_host=creds.host,
+        token_alias=creds.user,
+        token_secret=creds.password,
         requested_image=launch.get("image"),
         spawner_image=getattr(spawner, "image", None),
     )
+    if warning:
+        plan = replace(plan, warning=warning)
+    return plan
 
 
 def check_filesystem(plan: SpawnPlan, settings: XnatSpawnHooks) -> SpawnPlan:
@@ -178,9 +265,21 @@ def check_filesystem(plan: SpawnPlan, settings: XnatSpawnHooks) -> SpawnPlan:
     if dropped:
         log.info("%s: %d archive sources do not exist; not mounted", plan.username, len(dropped))
         plan = plan.without(dropped)
+    for m in plan.mounts:
+        if m.kind in ("shared", "extra"):
+            root = next((r for r in (*settings.extra_readonly_roots, *settings.extra_writable_roots)
+                         if is_inside(m.source, r)), None)
+            if root and os.path.isdir(root):
+                # the hub sees the admin's roots at the same paths (beside Docker, or mounted so)
+                if not m.read_only:
+                    refuse_links_below(root, m.source)
+                resolve_inside(m.source, root)
     hub_ws = settings.hub_workspace_root
     if plan.workspace is not None and hub_ws and os.path.isdir(hub_ws):
         ensure_workspace(hub_ws, plan.username, settings.nb_uid, settings.nb_gid)
+        for m in plan.mounts:
+            if m.kind == "workspace":
+                refuse_links_below(hub_ws, hub_ws + m.source[len(settings.workspace_root):], "your workspace directory")
     return plan
 
 
@@ -239,5 +338,8 @@ async def build_plan(spawner, settings: XnatSpawnHooks | None = None) -> SpawnPl
         raise SpawnRefused(e.reason, e.user_message, log_detail=str(e)) from None
     except ConfigError as e:
         raise SpawnRefused("config", log_detail=str(e)) from None
+    if plan.dropped:
+        log.warning("%s: XNAT's launch settings set what the hub keeps for itself; dropped: %s",
+                    plan.username, ", ".join(plan.dropped))
     log.info("spawn plan: %s", plan.describe())
     return plan

@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import posixpath
 
-from traitlets import Bool, Float, Int, List, Unicode, Union, default, validate
+from traitlets import Bool, Dict, Float, Int, List, Unicode, Union, default, validate
 from traitlets.config import Configurable
 
 from xnat_oauth.errors import ConfigError
+
+from .paths import VOLUME_NAME_RE, check_extra_root
 
 
 def _env_int(name: str) -> int | None:
@@ -25,6 +27,13 @@ def _env_int(name: str) -> int | None:
         return int(value)
     except ValueError:
         raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _server_prefix(kind: str) -> str | None:
+    """The plugin's own setting for what XNAT's paths become where notebooks run:
+    ``JH_XNAT_PT_{kind}_SERVER_PREFIX`` overrides ``..._DOCKER_PREFIX``
+    (xnat-jupyterhub-plugin ``JupyterHubPreferenceInitializer``)."""
+    return os.environ.get(f"JH_XNAT_PT_{kind}_SERVER_PREFIX") or os.environ.get(f"JH_XNAT_PT_{kind}_DOCKER_PREFIX")
 
 
 def _clean_root(value: str, what: str) -> str:
@@ -117,13 +126,15 @@ class XnatSpawnHooks(Configurable):
     archive_host_prefix = Unicode(
         config=True,
         help="""What ``archive_prefix`` becomes where notebooks run (the Docker host path; on
-        Kubernetes, the path of the archive volume's root). Default:
-        $JH_XNAT_PT_ARCHIVE_DOCKER_PREFIX or ``archive_prefix``.""",
+        Kubernetes, the path of the archive volume's root). When XNAT's plugin translates paths
+        itself, this MUST equal the plugin's server prefix. Default:
+        $JH_XNAT_PT_ARCHIVE_SERVER_PREFIX, else $JH_XNAT_PT_ARCHIVE_DOCKER_PREFIX, else
+        ``archive_prefix``.""",
     )
 
     @default("archive_host_prefix")
     def _default_archive_host_prefix(self):
-        return _clean_root(os.environ.get("JH_XNAT_PT_ARCHIVE_DOCKER_PREFIX") or self.archive_prefix, "JH_XNAT_PT_ARCHIVE_DOCKER_PREFIX")
+        return _clean_root(_server_prefix("ARCHIVE") or self.archive_prefix, "JH_XNAT_PT_ARCHIVE_SERVER_PREFIX")
 
     workspace_prefix = Unicode(
         config=True,
@@ -137,13 +148,15 @@ class XnatSpawnHooks(Configurable):
 
     workspace_host_prefix = Unicode(
         config=True,
-        help="""What ``workspace_prefix`` becomes where notebooks run. Default:
-        $JH_XNAT_PT_WORKSPACE_DOCKER_PREFIX or ``workspace_prefix``.""",
+        help="""What ``workspace_prefix`` becomes where notebooks run; MUST equal the plugin's
+        server prefix when XNAT translates paths itself. Default:
+        $JH_XNAT_PT_WORKSPACE_SERVER_PREFIX, else $JH_XNAT_PT_WORKSPACE_DOCKER_PREFIX, else
+        ``workspace_prefix``.""",
     )
 
     @default("workspace_host_prefix")
     def _default_workspace_host_prefix(self):
-        return _clean_root(os.environ.get("JH_XNAT_PT_WORKSPACE_DOCKER_PREFIX") or self.workspace_prefix, "JH_XNAT_PT_WORKSPACE_DOCKER_PREFIX")
+        return _clean_root(_server_prefix("WORKSPACE") or self.workspace_prefix, "JH_XNAT_PT_WORKSPACE_SERVER_PREFIX")
 
     archive_root = Unicode(
         config=True,
@@ -190,9 +203,37 @@ class XnatSpawnHooks(Configurable):
     extra_readonly_roots = List(
         Unicode(),
         config=True,
-        help="""Further host directories XNAT's compute environments may mount (always
-        read-only), e.g. shared reference data.""",
+        help="""Host directories below which XNAT's compute environments may bind-mount
+        (always read-only), e.g. shared reference data. Not '/', not the workspace or archive
+        roots, not a directory holding the Docker socket.""",
     )
+
+    extra_writable_roots = List(
+        Unicode(),
+        config=True,
+        help="""Host directories below which compute-environment bind mounts keep XNAT's
+        read_only flag (e.g. scratch space). A writable mount reached through a symbolic link
+        is refused where the hub can see the directory.""",
+    )
+
+    @validate("extra_readonly_roots", "extra_writable_roots")
+    def _validate_extra_roots(self, proposal):
+        return [check_extra_root(r, f"XnatSpawnHooks.{proposal.trait.name}") for r in proposal.value]
+
+    allowed_volumes = List(
+        Unicode(),
+        ["*"],
+        config=True,
+        help="""Docker named volumes compute environments may mount (``type: volume``).
+        ['*']: any the XNAT admin names; []: none. On Kubernetes see ``kube_volume_claims``.""",
+    )
+
+    @validate("allowed_volumes")
+    def _validate_volumes(self, proposal):
+        for v in proposal.value:
+            if v != "*" and not VOLUME_NAME_RE.fullmatch(v):
+                raise ConfigError(f"XnatSpawnHooks.allowed_volumes: invalid volume name {v!r}")
+        return proposal.value
 
     allowed_mount_targets = List(
         Unicode(),
@@ -224,14 +265,24 @@ class XnatSpawnHooks(Configurable):
         only from this list too.""",
     )
 
-    max_cpu = Float(256.0, config=True, help="Largest CPU limit or reservation accepted from XNAT.")
+    max_cpu = Float(
+        256.0,
+        config=True,
+        help="""Largest CPU limit or reservation taken from XNAT; a larger one is dropped (the
+        spawner's own setting applies) and logged.""",
+    )
 
     max_mem = Unicode(
-        "4T", config=True, help="Largest memory limit or reservation accepted from XNAT (e.g. '512G')."
+        "4T",
+        config=True,
+        help="""Largest memory limit or reservation taken from XNAT (e.g. '512G'); a larger one
+        is dropped and logged.""",
     )
 
     max_generic_resource = Int(
-        64, config=True, help="Largest count of one generic resource (e.g. GPUs) accepted from XNAT."
+        64,
+        config=True,
+        help="Largest count of one generic resource (e.g. GPUs) taken from XNAT; more is dropped and logged.",
     )
 
     max_mounts = Int(
@@ -275,6 +326,38 @@ class XnatSpawnHooks(Configurable):
         if not 0 <= v < 2**31:
             raise ConfigError(f"{proposal.trait.name} out of range: {v}")
         return v
+
+    # -- servers started from the hub ---------------------------------------------------------
+
+    project_check_concurrency = Int(
+        8,
+        config=True,
+        help="""Servers started from the hub mount only projects whose data the user's own token
+        can read: XNAT lists every protected project to every user. Each listed project is
+        checked with that token (``/data/projects/{ID}/subjects``), this many at once.""",
+    )
+
+    project_check_cache_seconds = Float(
+        60.0,
+        config=True,
+        help="Seconds a user's per-project read check is remembered (0: never).",
+    )
+
+    max_project_checks = Int(
+        200,
+        config=True,
+        help="""Most listed projects checked (and so mounted) for one server started from the
+        hub, in project-ID order; past it the notebook starts with the first ones and says so
+        in its $XNAT_SPAWN_WARNING. Bounds the spawn's time on sites with many projects.""",
+    )
+
+    service_session_max_idle = Float(
+        600.0,
+        config=True,
+        help="""Seconds an unused XNAT session of a credential is kept for reuse (XNAT ends
+        idle sessions after 15 minutes by default). Every credential keeps one session, so
+        spawns never pile up XNAT sessions (1,000 per account lock it).""",
+    )
 
     # -- failure policy ----------------------------------------------------------------------
 
@@ -326,6 +409,21 @@ class XnatSpawnHooks(Configurable):
     def _default_kube_workspace_claim_root(self):
         return self.workspace_root
 
+    kube_volume_claims = Dict(
+        value_trait=Unicode(),
+        config=True,
+        help="""Kubernetes has no Docker named volumes: a compute environment's ``volume`` mount
+        named here is mounted from this PersistentVolumeClaim (volume name -> claim name);
+        any other volume mount refuses the launch with a message saying so.""",
+    )
+
+    @validate("kube_volume_claims")
+    def _validate_kube_volume_claims(self, proposal):
+        for k, v in proposal.value.items():
+            if not VOLUME_NAME_RE.fullmatch(k) or not v or not VOLUME_NAME_RE.fullmatch(v):
+                raise ConfigError(f"XnatSpawnHooks.kube_volume_claims: invalid entry {k!r}: {v!r}")
+        return proposal.value
+
     @validate("kube_archive_claim_root", "kube_workspace_claim_root")
     def _validate_claim_root(self, proposal):
         return _clean_root(proposal.value, proposal.trait.name)
@@ -336,7 +434,9 @@ class XnatSpawnHooks(Configurable):
         "",
         config=True,
         help="""Local-process spawners only: directory under which each server gets its links
-        to the data. Empty: a directory under the system's temporary directory.""",
+        to the data. It is made private to the hub's user (mode 0700) and refused when it is
+        a link or someone else's. Empty: ``xnat-oauth-local-{uid}`` in the system's
+        temporary directory.""",
     )
 
     # ----------------------------------------------------------------------------------------
@@ -356,6 +456,15 @@ class XnatSpawnHooks(Configurable):
         if a.startswith(w) or w.startswith(a):
             # nested roots would make a workspace look like archive data, or the reverse
             raise ConfigError("XnatSpawnHooks.archive_root and workspace_root must not contain each other")
+        for name in ("extra_readonly_roots", "extra_writable_roots"):
+            for root in getattr(self, name):
+                r = root + "/"
+                if r.startswith(a) or a.startswith(r) or r.startswith(w) or w.startswith(r):
+                    # an extra root over the workspaces would hand out other users' workspaces
+                    raise ConfigError(f"XnatSpawnHooks.{name} entry {root!r} overlaps archive_root or workspace_root")
+        for n in ("project_check_concurrency", "max_project_checks"):
+            if getattr(self, n) < 1:
+                raise ConfigError(f"XnatSpawnHooks.{n} must be at least 1")
         for name in ("xnat_url", "notebook_xnat_url"):
             url = getattr(self, name)
             if url and not url.startswith(("http://", "https://")):

@@ -8,6 +8,9 @@
   request (plain Docker); placement constraints (Swarm).
 * ``nb_uid``/``nb_gid``: ``NB_UID``/``NB_GID`` in the environment and the container started as
   root, as the original package did for Jupyter docker-stacks images (they drop to NB_UID).
+* Compute environments' ``volume`` mounts are Docker named volumes; XNAT's ``command`` (a
+  dashboard, or an environment's own) becomes ``cmd``, an argument list: Docker runs it
+  without a shell.
 """
 
 from __future__ import annotations
@@ -57,15 +60,16 @@ def apply_swarm(spawner, plan: SpawnPlan, settings: XnatSpawnHooks) -> None:
     base = configured(
         spawner,
         ("image", "environment", "extra_container_spec", "extra_resources_spec", "extra_placement_spec",
-         "cpu_limit", "mem_limit", "cpu_guarantee", "mem_guarantee"),
+         "cpu_limit", "mem_limit", "cpu_guarantee", "mem_guarantee", "cmd"),
     )
     spawner.image = plan.image or base["image"]
+    spawner.cmd = list(plan.command) if plan.command else base["cmd"]
     spawner.environment = _env(base["environment"], plan, settings)
     _resources(spawner, plan, base)
 
     spec = base["extra_container_spec"]
     mounts = list(spec["mounts"]) if "mounts" in spec else list(spawner.mounts)
-    mounts += [Mount(target=m.target, source=m.source, type="bind", read_only=m.read_only) for m in plan.mounts]
+    mounts += [Mount(target=m.target, source=m.source, type=m.type, read_only=m.read_only) for m in plan.mounts]
     spec["mounts"] = mounts
     if plan.labels:
         spec["labels"] = {**spec.get("labels", {}), **plan.labels}
@@ -89,14 +93,15 @@ def apply_docker(spawner, plan: SpawnPlan, settings: XnatSpawnHooks) -> None:
     base = configured(
         spawner,
         ("image", "environment", "mounts", "extra_create_kwargs", "extra_host_config",
-         "cpu_limit", "mem_limit", "cpu_guarantee", "mem_guarantee"),
+         "cpu_limit", "mem_limit", "cpu_guarantee", "mem_guarantee", "cmd"),
     )
     spawner.image = plan.image or base["image"]
+    spawner.cmd = list(plan.command) if plan.command else base["cmd"]
     spawner.environment = _env(base["environment"], plan, settings)
     _resources(spawner, plan, base)
     # DockerSpawner formats mount paths with str.format (volume naming): escape braces
     spawner.mounts = base["mounts"] + [
-        {"type": "bind", "source": braces(m.source), "target": braces(m.target), "read_only": m.read_only}
+        {"type": m.type, "source": braces(m.source), "target": braces(m.target), "read_only": m.read_only}
         for m in plan.mounts
     ]
     create = base["extra_create_kwargs"]

@@ -44,6 +44,7 @@ REASONS: dict[str, tuple[int, str]] = {
         "The hub refused XNAT's launch settings for this server",
     ),
     "image_not_allowed": (400, "This notebook image is not allowed on this hub"),
+    "unsupported": (400, "This hub cannot start XNAT's launch settings as they are"),
     "xnat_refused": (
         502,
         "XNAT refused the hub's request for your data. Please tell your administrator.",

@@ -6,6 +6,10 @@
 * Swarm-style constraints: ``==`` becomes ``node_selector``, ``!=`` a required node affinity
   (added to every existing term, since terms are ORed); ``gpu`` becomes ``nvidia.com/gpu``.
 * ``nb_uid``/``nb_gid`` become ``uid``, ``gid`` and ``fs_gid``.
+* A compute environment's ``volume`` mount becomes the claim ``kube_volume_claims`` maps its
+  name to; a volume without a mapping, or a bind mount of a host directory, refuses the launch
+  with a message saying why (a pod has no host paths to bind). XNAT's ``command`` becomes
+  ``cmd`` (the container's args list; no shell).
 * KubeSpawner runs every string of ``volumes``, ``volume_mounts`` and ``environment`` through
   ``str.format``: each one is escaped, so a secret containing ``{`` reaches the pod intact.
 
@@ -22,6 +26,7 @@ from ._base import braces, configured
 from .build import build_plan, load_settings
 from .config import XnatSpawnHooks
 from .errors import SpawnRefused
+from .paths import VOLUME_NAME_RE
 from .paths import is_inside
 from .plan import SpawnPlan
 
@@ -86,8 +91,9 @@ def apply_kube(spawner, plan: SpawnPlan, settings: XnatSpawnHooks) -> None:
         spawner,
         ("image", "environment", "volumes", "volume_mounts", "node_selector", "node_affinity_required",
          "extra_resource_limits", "extra_resource_guarantees", "uid", "gid", "fs_gid",
-         "cpu_limit", "cpu_guarantee", "mem_limit", "mem_guarantee"),
+         "cpu_limit", "cpu_guarantee", "mem_limit", "mem_guarantee", "cmd"),
     )
+    spawner.cmd = list(plan.command) if plan.command else base["cmd"]
     if plan.image:
         spawner.image = plan.image
     else:
@@ -99,14 +105,29 @@ def apply_kube(spawner, plan: SpawnPlan, settings: XnatSpawnHooks) -> None:
     same_claim = settings.kube_archive_claim == settings.kube_workspace_claim
     archive_vol = "xnat-data" if same_claim else "xnat-archive"
     workspace_vol = "xnat-data" if same_claim else "xnat-workspace"
-    mounts, used = [], set()
+    mounts, used, claims = [], set(), {}
     for i, m in enumerate(plan.mounts):
+        if m.kind == "volume":
+            claim = settings.kube_volume_claims.get(m.source)
+            if not claim:
+                raise SpawnRefused(
+                    "unsupported",
+                    f"it mounts the volume {m.source}, which this hub has no Kubernetes claim for",
+                    log_detail=f"volume {m.source!r} is not in XnatSpawnHooks.kube_volume_claims",
+                )
+            vol = claims.setdefault(claim, f"xnat-vol-{len(claims)}")
+            mounts.append({"name": vol, "mountPath": braces(m.target), "readOnly": m.read_only})
+            continue
         if m.kind == "archive":
             vol, sub = archive_vol, _subpath(m.source, settings.kube_archive_claim_root, "archive")
         elif m.kind == "workspace":
             vol, sub = workspace_vol, _subpath(m.source, settings.kube_workspace_claim_root, "workspace")
         else:
-            raise SpawnRefused("config", log_detail="extra_readonly_roots cannot be mounted on Kubernetes")
+            raise SpawnRefused(
+                "unsupported",
+                "a compute environment mounts a host directory, which pods on this hub cannot",
+                log_detail=f"bind mount of {m.source!r} (extra roots have no claim on Kubernetes; use a volume mount)",
+            )
         used.add(vol)
         mounts.append({
             "name": vol,
@@ -126,6 +147,10 @@ def apply_kube(spawner, plan: SpawnPlan, settings: XnatSpawnHooks) -> None:
         })
     if workspace_vol in used and workspace_vol != archive_vol:
         volumes.append({"name": workspace_vol, "persistentVolumeClaim": {"claimName": braces(settings.kube_workspace_claim)}})
+    for claim, vol in claims.items():
+        if not VOLUME_NAME_RE.fullmatch(claim):  # checked by the setting; never format a stray brace
+            raise SpawnRefused("config", log_detail=f"invalid claim name {claim!r}")
+        volumes.append({"name": vol, "persistentVolumeClaim": {"claimName": claim}})
     spawner.volumes = _named(base["volumes"], volumes)
     if isinstance(base["volume_mounts"], dict):
         spawner.volume_mounts = {**base["volume_mounts"], **{f"xnat-{i}": m for i, m in enumerate(mounts)}}

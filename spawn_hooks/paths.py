@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass
 
 from .errors import PlanError
@@ -27,6 +28,16 @@ SERVERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 _COMPONENT_RE = re.compile(r"[A-Za-z0-9_.,+=@'-]{1,255}")
 MAX_PATH = 4096
 MAX_DEPTH = 32
+#: Docker volume names (daemon/names: ``[a-zA-Z0-9][a-zA-Z0-9_.-]+``)
+VOLUME_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+#: XNAT's shared-data tree of one launch: ``{archive}/SHARED.PROJECT.DATA.STORAGE.DIRECTORY/
+#: jupyter-notebooks/{eventTrackingId}`` (xnat-web ``FileUtils.createDirectoryForSharedData``,
+#: plugin ``JupyterHubPreferences.SHARED_PROJECT_STRING``)
+SHARED_DATA_DIR = "SHARED.PROJECT.DATA.STORAGE.DIRECTORY"
+SHARED_DATA_JUPYTER = "jupyter-notebooks"
+#: where Docker engines listen; a root holding one would hand the host to a notebook
+DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/var/run/docker", "/run/docker",
+                  "/run/containerd", "/var/run/containerd")
 
 
 def valid_username(name: object) -> bool:
@@ -111,17 +122,20 @@ def clean_absolute(path: object, what: str) -> str:
 class Placed:
     """Where a translated source lies: its kind and the root that allowed it."""
 
-    kind: str  # "archive" | "workspace" | "shared"
+    kind: str  # "archive" | "workspace" | "shared" (read-only extra root) | "extra" (writable)
     root: str
     project: str | None = None
 
 
 def place_source(host_path: str, *, archive_root: str, workspace_root: str, username: str,
-                 extra_readonly_roots: tuple[str, ...] = ()) -> Placed:
+                 extra_readonly_roots: tuple[str, ...] = (), extra_writable_roots: tuple[str, ...] = (),
+                 shared_data: tuple[str, str] | None = None) -> Placed:
     """Classify a translated, cleaned source path or raise PlanError.
 
     Workspace sources must be inside the user's own ``{workspace_root}/users/{username}``;
-    archive sources inside ``{archive_root}/{PROJECT}/`` with a valid project id.
+    archive sources inside ``{archive_root}/{PROJECT}/`` with a valid project id, or exactly
+    the shared-data tree of this launch: ``shared_data`` is (eventTrackingId, project), the
+    launch's own, so no launch can mount another one's tree (another user's data).
     """
     own = f"{workspace_root}/users/{username}"
     if host_path == own or is_inside(host_path, own):
@@ -133,6 +147,15 @@ def place_source(host_path: str, *, archive_root: str, workspace_root: str, user
         )
     if is_inside(host_path, archive_root):
         project = host_path[len(archive_root) + 1 :].split("/", 1)[0]
+        if project == SHARED_DATA_DIR:
+            tracking, tree_project = shared_data or (None, None)
+            tree = f"{archive_root}/{SHARED_DATA_DIR}/{SHARED_DATA_JUPYTER}/{tracking}"
+            if tracking and host_path == tree:
+                return Placed("archive", archive_root, tree_project)
+            raise PlanError(
+                f"mount source is a shared-data tree of another launch: {_show(host_path)}",
+                user_message="a mount source is XNAT's shared data of another launch",
+            )
         if not valid_project_id(project):
             raise PlanError(
                 f"mount source names an invalid project: {_show(host_path)}",
@@ -142,10 +165,42 @@ def place_source(host_path: str, *, archive_root: str, workspace_root: str, user
     for root in extra_readonly_roots:
         if is_inside(host_path, root):
             return Placed("shared", root)
+    for root in extra_writable_roots:
+        if is_inside(host_path, root):
+            return Placed("extra", root)
     raise PlanError(
         f"mount source outside the archive and workspace roots: {_show(host_path)}",
         user_message="a mount source lies outside the XNAT archive and your workspace",
     )
+
+
+def check_volume_name(name: object) -> str:
+    """A Docker named volume as a compute environment names it (``localPath`` of a mount
+    with a ``volumeName``: the plugin stores it as the mount's source)."""
+    if not (isinstance(name, str) and VOLUME_NAME_RE.fullmatch(name)):
+        raise PlanError(f"invalid volume name {_show(name)}", user_message="a volume mount names an invalid volume")
+    return name
+
+
+def check_extra_root(root: object, what: str) -> str:
+    """An admin-listed root for compute-environment mounts: a real directory below ``/`` that
+    holds no Docker socket (a notebook with the socket owns the host)."""
+    from xnat_oauth.errors import ConfigError
+
+    if not isinstance(root, str) or not root.strip():
+        raise ConfigError(f"{what} has an empty entry")
+    if root.startswith("/") and not root.strip("/"):
+        raise ConfigError(f"{what} may not be '/': that is the whole host")
+    try:
+        clean = clean_absolute(root, what)
+    except PlanError as e:
+        raise ConfigError(f"{what}: {e.user_message} ({root!r})") from None
+    if clean == "/":
+        raise ConfigError(f"{what} may not be '/': that is the whole host")
+    for sock in DOCKER_SOCKETS:
+        if sock == clean or is_inside(sock, clean) or is_inside(clean, sock):
+            raise ConfigError(f"{what} entry {clean!r} holds the Docker socket {sock}")
+    return clean
 
 
 def check_target(target: object, allowed_roots: tuple[str, ...]) -> str:
@@ -179,6 +234,26 @@ def resolve_inside(hub_path: str, hub_root: str) -> str | None:
     return real
 
 
+def refuse_links_below(hub_root: str, hub_path: str, what: str = "a writable mount") -> None:
+    """PlanError if any existing component of ``hub_path`` below ``hub_root`` is a symbolic
+    link. A writable mount reached through a link writes wherever the link's owner chose
+    (another user's workspace, the hub's own files): refused even when it stays inside."""
+    if not is_inside(hub_path, hub_root):
+        return
+    current = hub_root
+    for part in hub_path[len(hub_root) + 1 :].split("/"):
+        current = f"{current}/{part}"
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise PlanError(
+                f"{what} is reached through a symbolic link: {_show(current)}",
+                user_message=f"{what} is reached through a link; ask your administrator",
+            )
+
+
 def ensure_workspace(hub_workspace_root: str, username: str, uid: int | None, gid: int | None) -> str:
     """Create ``{root}/users/{username}`` (no shell), refuse a symlinked one, return its path.
 
@@ -188,7 +263,9 @@ def ensure_workspace(hub_workspace_root: str, username: str, uid: int | None, gi
     check_username(username)
     users = posixpath.join(hub_workspace_root, "users")
     path = posixpath.join(users, username)
+    refuse_links_below(hub_workspace_root, path, "your workspace directory")
     os.makedirs(path, mode=0o750, exist_ok=True)
+    refuse_links_below(hub_workspace_root, path, "your workspace directory")
     real = os.path.realpath(path)
     if real != os.path.join(os.path.realpath(users), username):
         raise PlanError(

@@ -10,6 +10,15 @@ adapter (Docker/Swarm, Kubernetes, local processes):
 
 Everything XNAT sends is treated as untrusted input: bounded in size, validated against
 strict patterns, and refused as a whole (:class:`PlanError`) rather than partly applied.
+
+The trust line is XNAT's own. What XNAT's administrators configured (compute environments,
+hardware configs: image, command, environment, mounts under the roots the hub admin lists,
+resources) passes. What only the hub may decide stays the hub's: its own variables
+(``JUPYTERHUB_*``, ``JPY_*``), the container's user, group and privileges (``NB_UID``,
+``NB_GID``, ``NB_USER``, ``GRANT_SUDO``, ``CHOWN_*``...), labels that route traffic, and
+resources above the hub admin's limits. Those are dropped and named in the plan's
+``dropped`` (logged), never a refused launch: a compute environment that sets one of them is
+an XNAT admin's slip, not an attack the user could mount. Malformed values still refuse.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from .paths import (
     check_project_id,
     check_target,
     check_username,
+    check_volume_name,
     clean_absolute,
     place_source,
     translate,
@@ -38,9 +48,20 @@ MAX_ENV_VALUE = 32 * 1024
 MAX_LABELS = 64
 MAX_CONSTRAINTS = 32
 MAX_GENERIC = 16
+MAX_COMMAND = 8192
+MAX_ARGS = 256
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-# The notebook's own hub credentials and the dynamic loader are not XNAT's to set.
-_ENV_DENIED_RE = re.compile(r"(JUPYTERHUB_(?!ROOT_DIR$|DEFAULT_URL$).*|JPY_.*|LD_.*|PYTHONPATH|PATH)")
+# The hub's side of the trust line: its own variables (the notebook's hub token and URLs; the
+# plugin itself sets JUPYTERHUB_ROOT_DIR, DefaultUserOptionsService.getDefaultEnvironment
+# Variables), the container's user, group and privileges (docker-stacks start.sh reads these
+# as root), and the warning the hooks themselves set.
+HUB_ENV_RE = re.compile(
+    r"JUPYTERHUB_(?!ROOT_DIR$|DEFAULT_URL$).*|JPY_.*|NB_(UID|GID|USER|GROUP|UMASK)|GRANT_SUDO|CHOWN_.*"
+    r"|XNAT_SPAWN_WARNING"
+)
+# Labels that route traffic to a container or place it on the hub's network are the hub's.
+HUB_LABEL_PREFIXES = ("traefik.", "caddy", "com.docker.", "org.jupyterhub.", "hub.jupyter.org/",
+                      "io.kubernetes.", "kubernetes.io/", "k8s.io/")
 _LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,252}")
 _CONSTRAINT_RE = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9_./-]{0,252})\s*(==|!=)\s*([A-Za-z0-9][A-Za-z0-9_.-]{0,62})\s*")
 _GENERIC_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,62}")
@@ -51,13 +72,15 @@ _MEM_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
 
 @dataclass(frozen=True)
 class Mount:
-    """One bind mount: ``source`` is the translated host path, ``target`` the notebook's path."""
+    """One mount: for ``type`` "bind" ``source`` is the translated host path, for "volume" the
+    name of a Docker named volume; ``target`` is the notebook's path."""
 
     source: str
     target: str
     read_only: bool
-    kind: str  # "archive" | "workspace" | "shared"
+    kind: str  # "archive" | "workspace" | "shared" (read-only extra root) | "extra" | "volume"
     project: str | None = None
+    type: str = "bind"  # "bind" | "volume"
 
 
 @dataclass(frozen=True)
@@ -83,10 +106,16 @@ class SpawnPlan:
     constraints: tuple[str, ...] = ()  # "key==value" / "key!=value", Swarm's syntax
     labels: Mapping[str, str] = field(default_factory=dict)
     warning: str | None = None  # shown in the log and as $XNAT_SPAWN_WARNING
+    command: tuple[str, ...] | None = None  # XNAT's command as an argument list; None: the spawner's
+    dropped: tuple[str, ...] = ()  # what the hub kept for itself (names only, for the log)
 
     @property
     def data_mounts(self) -> tuple[Mount, ...]:
         return tuple(m for m in self.mounts if m.kind != "workspace")
+
+    @property
+    def writable_mounts(self) -> tuple[Mount, ...]:
+        return tuple(m for m in self.mounts if not m.read_only)
 
     @property
     def workspace(self) -> Mount | None:
@@ -112,7 +141,8 @@ class SpawnPlan:
             f"origin={self.origin} user={self.username!r} server={self.servername!r} "
             f"image={self.image!r} projects={list(self.projects)} "
             f"mounts={[(m.target, 'ro' if m.read_only else 'rw') for m in self.mounts]} "
-            f"env_keys={sorted(self.full_env())}"
+            f"env_keys={sorted(self.full_env())} command={list(self.command) if self.command else None}"
+            + (f" dropped={list(self.dropped)}" if self.dropped else "")
         )
 
 
@@ -125,7 +155,9 @@ def _fail(log: str, user: str, reason: str = "invalid_launch_options") -> PlanEr
     return err
 
 
-def parse_cpu(value: Any, what: str, max_cpu: float) -> float | None:
+def parse_cpu(value: Any, what: str, max_cpu: float, dropped: list | None = None) -> float | None:
+    """CPUs as XNAT gives them; above ``max_cpu`` (the hub admin's limit) the value is dropped
+    (the spawner's own applies) and named in ``dropped``; malformed values refuse."""
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -134,13 +166,19 @@ def parse_cpu(value: Any, what: str, max_cpu: float) -> float | None:
         cpu = float(value)
     except (TypeError, ValueError):
         raise _fail(f"{what} is not a number: {_show(value)}", f"{what} is not a number") from None
-    if not math.isfinite(cpu) or cpu <= 0 or cpu > max_cpu:
+    if not math.isfinite(cpu) or cpu <= 0:
         raise _fail(f"{what} out of range: {cpu}", f"{what} is out of range (0 to {max_cpu:g})")
+    if cpu > max_cpu:
+        if dropped is None:
+            raise _fail(f"{what} out of range: {cpu}", f"{what} is out of range (0 to {max_cpu:g})")
+        dropped.append(f"{what}={cpu:g} (above the hub's {max_cpu:g})")
+        return None
     return cpu
 
 
-def parse_mem(value: Any, what: str, max_bytes: int | None = None) -> int | None:
-    """Docker-style memory ('16G', '512m', bytes as int) in bytes; units are binary."""
+def parse_mem(value: Any, what: str, max_bytes: int | None = None, dropped: list | None = None) -> int | None:
+    """Docker-style memory ('16G', '512m', bytes as int) in bytes; units are binary. Above
+    ``max_bytes`` it is dropped into ``dropped`` when given (else refused)."""
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -151,12 +189,19 @@ def parse_mem(value: Any, what: str, max_bytes: int | None = None) -> int | None
         n = int(float(m.group(1)) * _MEM_UNITS[m.group(2).lower()])
     else:
         raise _fail(f"{what} is not a memory size: {_show(value)}", f"{what} is not a memory size")
-    if n <= 0 or (max_bytes is not None and n > max_bytes):
+    if n <= 0:
         raise _fail(f"{what} out of range: {n}", f"{what} is out of range")
+    if max_bytes is not None and n > max_bytes:
+        if dropped is None:
+            raise _fail(f"{what} out of range: {n}", f"{what} is out of range")
+        dropped.append(f"{what}={value} (above the hub's limit)")
+        return None
     return n
 
 
-def parse_env(env: Any, what: str = "environment") -> dict[str, str]:
+def parse_env(env: Any, what: str = "environment", dropped: list | None = None) -> dict[str, str]:
+    """XNAT's variables; the hub's own (:data:`HUB_ENV_RE`) are dropped into ``dropped``."""
+    dropped = [] if dropped is None else dropped
     if env is None:
         return {}
     if not isinstance(env, Mapping):
@@ -167,8 +212,9 @@ def parse_env(env: Any, what: str = "environment") -> dict[str, str]:
     for name, value in env.items():
         if not (isinstance(name, str) and _ENV_NAME_RE.fullmatch(name)):
             raise _fail(f"{what}: invalid name {_show(name)}", f"{what} has an invalid variable name")
-        if _ENV_DENIED_RE.fullmatch(name):
-            raise _fail(f"{what}: {name} may not be set by XNAT", f"{what} sets {name}, which is not allowed")
+        if HUB_ENV_RE.fullmatch(name):
+            dropped.append(f"env {name}")
+            continue
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -181,7 +227,8 @@ def parse_env(env: Any, what: str = "environment") -> dict[str, str]:
     return out
 
 
-def parse_labels(labels: Any) -> dict[str, str]:
+def parse_labels(labels: Any, dropped: list | None = None) -> dict[str, str]:
+    dropped = [] if dropped is None else dropped
     if labels is None:
         return {}
     if not isinstance(labels, Mapping) or len(labels) > MAX_LABELS:
@@ -192,6 +239,9 @@ def parse_labels(labels: Any) -> dict[str, str]:
             raise _fail(f"labels: invalid key {_show(k)}", "a label has an invalid name")
         if not isinstance(v, str) or len(v) > 1024 or any(ord(c) < 32 for c in v):
             raise _fail(f"labels: invalid value for {k}", "a label has an invalid value")
+        if k.lower().startswith(HUB_LABEL_PREFIXES):
+            dropped.append(f"label {k}")
+            continue
         out[k] = v
     return out
 
@@ -215,7 +265,7 @@ def parse_constraints(placement: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def parse_generic(generic: Any, max_count: int) -> tuple[tuple[str, int], ...]:
+def parse_generic(generic: Any, max_count: int, dropped: list | None = None) -> tuple[tuple[str, int], ...]:
     if generic is None:
         return ()
     if isinstance(generic, list):  # [{name, value}] as XNAT's hardware configs spell it
@@ -233,29 +283,65 @@ def parse_generic(generic: Any, max_count: int) -> tuple[tuple[str, int], ...]:
             count = int(str(value), 10) if not isinstance(value, bool) else -1
         except ValueError:
             count = -1
-        if not 0 < count <= max_count:
+        if count <= 0:
             raise _fail(f"generic resource {name}={_show(value)}", f"generic resource {name} is out of range")
+        if count > max_count:
+            if dropped is None:
+                raise _fail(f"generic resource {name}={_show(value)}", f"generic resource {name} is out of range")
+            dropped.append(f"{name}={count} (above the hub's {max_count})")
+            continue
         out.append((name, count))
     return tuple(sorted(out))
 
 
-def parse_resources(res: Any, *, max_cpu: float, max_mem: int, max_generic: int) -> Resources:
+def parse_resources(res: Any, *, max_cpu: float, max_mem: int, max_generic: int,
+                    dropped: list | None = None) -> Resources:
+    """``resources`` and each of its values may be null (a hardware config without them)."""
+    dropped = [] if dropped is None else dropped
     if res is None:
         return Resources()
     if not isinstance(res, Mapping):
         raise _fail("resources is not a mapping", "resources are invalid")
     r = Resources(
-        cpu_limit=parse_cpu(res.get("cpu_limit"), "cpu_limit", max_cpu),
-        cpu_reservation=parse_cpu(res.get("cpu_reservation"), "cpu_reservation", max_cpu),
-        mem_limit=parse_mem(res.get("mem_limit"), "mem_limit", max_mem),
-        mem_reservation=parse_mem(res.get("mem_reservation"), "mem_reservation", max_mem),
-        generic=parse_generic(res.get("generic_resources"), max_generic),
+        cpu_limit=parse_cpu(res.get("cpu_limit"), "cpu_limit", max_cpu, dropped),
+        cpu_reservation=parse_cpu(res.get("cpu_reservation"), "cpu_reservation", max_cpu, dropped),
+        mem_limit=parse_mem(res.get("mem_limit"), "mem_limit", max_mem, dropped),
+        mem_reservation=parse_mem(res.get("mem_reservation"), "mem_reservation", max_mem, dropped),
+        generic=parse_generic(res.get("generic_resources"), max_generic, dropped),
     )
     if r.cpu_limit and r.cpu_reservation and r.cpu_reservation > r.cpu_limit:
         raise _fail("cpu_reservation > cpu_limit", "the CPU reservation exceeds the limit")
     if r.mem_limit and r.mem_reservation and r.mem_reservation > r.mem_limit:
         raise _fail("mem_reservation > mem_limit", "the memory reservation exceeds the limit")
     return r
+
+
+def parse_command(command: Any) -> tuple[str, ...] | None:
+    """XNAT's ``container_spec.command`` as an argument list, never for a shell.
+
+    The plugin stores one string (a compute environment's command, or a dashboard
+    framework's template with the repository filled in, spaces collapsed:
+    ``DefaultDashboardFrameworkService.resolveCommand``) and NRG's own hooks run
+    ``command.split(' ')``: split on whitespace the same way, no quoting, no expansion.
+    Placeholders such as ``{port}`` are the program's own (jhsingle-native-proxy) and stay.
+    """
+    if command is None or command == "" or command == []:
+        return None
+    if isinstance(command, str):
+        if len(command) > MAX_COMMAND:
+            raise _fail(f"command is {len(command)} characters", "the command is too long")
+        args = command.split()
+    elif isinstance(command, list) and all(isinstance(a, str) for a in command):
+        args = list(command)
+    else:
+        raise _fail("command is not a string", "the command is invalid")
+    if not args:
+        return None
+    if len(args) > MAX_ARGS or sum(map(len, args)) > MAX_COMMAND:
+        raise _fail(f"command has {len(args)} arguments", "the command is too long")
+    if any(not a or any(ord(c) < 32 or ord(c) == 127 for c in a) for a in args):
+        raise _fail("command has control characters or an empty argument", "the command has invalid characters")
+    return tuple(args)
 
 
 def resolve_image(requested: Any, allowed: Iterable[str], spawner_image: str | None) -> str | None:
@@ -287,6 +373,8 @@ class Rules:
     archive_root: str
     workspace_root: str
     extra_readonly_roots: tuple[str, ...] = ()
+    extra_writable_roots: tuple[str, ...] = ()
+    allowed_volumes: tuple[str, ...] = ("*",)
     allowed_mount_targets: tuple[str, ...] = ("/data", "/workspace")
     allowed_images: tuple[str, ...] = ()
     max_cpu: float = 256.0
@@ -304,6 +392,8 @@ class Rules:
             archive_root=s.archive_root,
             workspace_root=s.workspace_root,
             extra_readonly_roots=tuple(s.extra_readonly_roots),
+            extra_writable_roots=tuple(s.extra_writable_roots),
+            allowed_volumes=tuple(s.allowed_volumes),
             allowed_mount_targets=tuple(s.allowed_mount_targets),
             allowed_images=tuple(s.allowed_images),
             max_cpu=s.max_cpu,
@@ -328,24 +418,47 @@ class Rules:
         )
 
 
-def _mount(raw_source: Any, raw_target: Any, writable: bool, rules: Rules, username: str, i: int) -> Mount:
+_PROJECT_TARGET_RE = re.compile(r"/data/projects/([A-Za-z0-9][A-Za-z0-9_-]{0,99})")
+
+
+def _mount(raw_source: Any, raw_target: Any, writable: bool, rules: Rules, username: str, i: int,
+           launch_ids: tuple[str | None, set[str]] = (None, set())) -> Mount:
     if not isinstance(raw_source, str):
         raise _fail(f"mount {i}: source is not a string", f"mount {i} has no source")
     source = clean_absolute(rules.host_path(raw_source), f"mount {i} source")
+    target = check_target(raw_target, rules.allowed_mount_targets)
+    # a shared-data tree is mounted whole at /data/projects/{ID} of the launch's own project
+    tracking, projects = launch_ids
+    m = _PROJECT_TARGET_RE.fullmatch(target)
+    shared = (tracking, m.group(1)) if tracking and m and m.group(1) in projects else None
     placed = place_source(
         source,
         archive_root=rules.archive_root,
         workspace_root=rules.workspace_root,
         username=username,
         extra_readonly_roots=rules.extra_readonly_roots,
+        extra_writable_roots=rules.extra_writable_roots,
+        shared_data=shared,
     )
-    target = check_target(raw_target, rules.allowed_mount_targets)
-    # data is read-only whatever XNAT says; only the user's own workspace may be written
-    read_only = not (writable and placed.kind == "workspace")
+    # data is read-only whatever XNAT says; the user's own workspace and the admin's writable
+    # roots keep XNAT's flag
+    read_only = not (writable and placed.kind in ("workspace", "extra"))
     return Mount(source=source, target=target, read_only=read_only, kind=placed.kind, project=placed.project)
 
 
-def _mounts_from(raw: Any, rules: Rules, username: str, legacy: bool) -> tuple[Mount, ...]:
+def _volume(m: Mapping[str, Any], rules: Rules, i: int) -> Mount:
+    """A compute environment's ``volume`` mount: the plugin stores the ``localPath`` as the
+    source (``toTaskTemplate``), which names the volume."""
+    name = check_volume_name(m.get("source"))
+    if rules.allowed_volumes != ("*",) and name not in rules.allowed_volumes:
+        raise _fail(f"mount {i}: volume {_show(name)} not in allowed_volumes",
+                    f"mount {i} names a volume this hub does not offer")
+    target = check_target(m.get("target"), rules.allowed_mount_targets)
+    return Mount(source=name, target=target, read_only=m.get("read_only") is not False, kind="volume", type="volume")
+
+
+def _mounts_from(raw: Any, rules: Rules, username: str, legacy: bool,
+                 launch_ids: tuple[str | None, set[str]] = (None, set())) -> tuple[Mount, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -361,10 +474,13 @@ def _mounts_from(raw: Any, rules: Rules, username: str, legacy: bool) -> tuple[M
             mounts.append(_mount(m.get("containerHostPath"), m.get("jupyterHostPath"), writable, rules, username, i))
         else:
             mtype = m.get("type")
+            if mtype == "volume":
+                mounts.append(_volume(m, rules, i))
+                continue
             if mtype not in (None, "bind"):
-                raise _fail(f"mount {i} has type {_show(mtype)}", f"mount {i} is not a bind mount")
+                raise _fail(f"mount {i} has type {_show(mtype)}", f"mount {i} is neither a bind nor a volume mount")
             writable = m.get("read_only") is False
-            mounts.append(_mount(m.get("source"), m.get("target"), writable, rules, username, i))
+            mounts.append(_mount(m.get("source"), m.get("target"), writable, rules, username, i, launch_ids))
     targets = [m.target for m in mounts]
     if len(set(targets)) != len(targets):
         raise _fail("two mounts share a target", "two mounts share a target")
@@ -403,6 +519,8 @@ def plan_from_launch(
             "they are for another server",
         )
 
+    dropped: list[str] = []
+    command = None
     if "task_template" in options:
         tt = options.get("task_template")
         if not isinstance(tt, Mapping):
@@ -410,12 +528,16 @@ def plan_from_launch(
         cs = tt.get("container_spec") or {}
         if not isinstance(cs, Mapping):
             raise _fail("container_spec is not a mapping", "container_spec is invalid")
-        mounts = _mounts_from(cs.get("mounts"), rules, username, legacy=False)
-        env = parse_env(cs.get("env"))
+        tracking = got if isinstance(got, str) and got and (not want or got == want) else None
+        ids = {v for v in (options.get("projectId"), options.get("itemId")) if isinstance(v, str)}
+        mounts = _mounts_from(cs.get("mounts"), rules, username, legacy=False, launch_ids=(tracking, ids))
+        env = parse_env(cs.get("env"), dropped=dropped)
         image_req = cs.get("image")
-        labels = parse_labels(cs.get("labels"))
+        command = parse_command(cs.get("command"))
+        labels = parse_labels(cs.get("labels"), dropped)
         resources = parse_resources(
-            tt.get("resources"), max_cpu=rules.max_cpu, max_mem=rules.max_mem, max_generic=rules.max_generic
+            tt.get("resources"), max_cpu=rules.max_cpu, max_mem=rules.max_mem, max_generic=rules.max_generic,
+            dropped=dropped,
         )
         constraints = parse_constraints(tt.get("placement"))
     elif "mounts" in options or "environment-variables" in options:
@@ -424,9 +546,9 @@ def plan_from_launch(
         if not isinstance(cs, Mapping):
             raise _fail("container-spec is not a mapping", "container-spec is invalid")
         mounts = _mounts_from(options.get("mounts"), rules, username, legacy=True)
-        env = parse_env(options.get("environment-variables"))
+        env = parse_env(options.get("environment-variables"), dropped=dropped)
         image_req = cs.get("image")
-        labels = parse_labels(cs.get("labels"))
+        labels = parse_labels(cs.get("labels"), dropped)
         resources, constraints = Resources(), ()
     else:
         raise _fail("launch options have neither task_template nor mounts", "launch settings are empty")
@@ -445,6 +567,8 @@ def plan_from_launch(
         resources=resources,
         constraints=constraints,
         labels=labels,
+        command=command,
+        dropped=tuple(dropped),
     )
 
 

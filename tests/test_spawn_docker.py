@@ -174,6 +174,12 @@ status, body = get("/data/projects?format=json")
 out["projects"] = sorted(r["ID"] for r in json.loads(body)["ResultSet"]["Result"]) if status == 200 else status
 out["other_user"] = get("/xapi/users/" + os.environ["PROBE_OTHER_USER"])[0]
 out["launch_options"] = get("/xapi/jupyterhub/users/" + os.environ["JUPYTERHUB_USER"] + "/server/user-options")[0]
+out["mounted_projects"] = sorted(os.listdir("/data/projects"))
+out["experiments"] = sorted(os.listdir(proj + "/experiments"))
+# what a researcher types: xnatpy with the notebook's XNAT_HOST / XNAT_USER / XNAT_PASS
+import xnat
+with xnat.connect(host, user=os.environ["XNAT_USER"], password=os.environ["XNAT_PASS"], loglevel="ERROR") as session:
+    out["xnatpy_projects"] = sorted(session.projects.keys())
 print(json.dumps(out))
 """
 
@@ -290,6 +296,7 @@ def assert_confined(result: dict, xnat, user: str, project: str, readable: list[
     assert result["projects"] == readable
     assert result["other_user"] == 403
     assert result["launch_options"] == 403  # the user's token is not the service account
+    assert result["xnatpy_projects"] == result["projects"]
     # nothing was written into the archive on the host either
     assert not (xnat.archive_root / project / "arc001" / "new.txt").exists()
     assert (xnat.archive_root / project / "resources" / "README.txt").read_text().endswith("members.\n")
@@ -306,6 +313,8 @@ def world(xnat):
     xnat.add_project("PA", readers=["alice"], dicom_files=[dcm])
     xnat.add_project("PB", readers=["alice", "bob"], dicom_files=[dcm])
     xnat.add_project("PC", readers=["bob"], dicom_files=[dcm])
+    # listed to every user, its data only for bob (XNAT's "protected" accessibility)
+    xnat.add_project("PROT", protected=True, readers=["bob"], dicom_files=[dcm])
     return xnat
 
 
@@ -333,7 +342,9 @@ async def test_swarm_hub_started_server_gets_the_users_data_read_only(swarm_hub,
     assert events[-1].get("ready"), events
     try:
         result = probe(docker_engine, "alice", "PA", "bob")
-        assert_confined(result, world, "alice", "PA", ["PA", "PB"])
+        assert_confined(result, world, "alice", "PA", ["PA", "PB", "PROT"])
+        # PROT is listed to alice (xnatpy sees it too) but its data is not hers: not mounted
+        assert result["mounted_projects"] == ["PA", "PB"]
         (svc,) = docker_engine.client.services.list()
         cs = svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
         assert cs["User"] == "0"
@@ -360,8 +371,9 @@ async def test_docker_xnat_launched_named_server(docker_hub, docker_engine, worl
     assert events[-1].get("ready"), events
     try:
         result = probe(docker_engine, bob, "PC", "alice")
-        # XNAT's launch mounted only the project it was launched for; bob's token reads both his
-        assert_confined(result, world, bob, "PC", ["PB", "PC"])
+        # XNAT's launch mounted only the project it was launched for; bob's token reads his
+        assert_confined(result, world, bob, "PC", ["PB", "PC", "PROT"])
+        assert result["mounted_projects"] == ["PC"]
         (c,) = docker_engine.client.containers.list()
         env = dict(e.split("=", 1) for e in c.attrs["Config"]["Env"])
         assert env["XNAT_XSI_TYPE"] == "xnat:projectData" and env["JUPYTERHUB_SERVER_NAME"] == server
@@ -393,3 +405,78 @@ async def test_real_hub_shows_why_a_spawn_was_refused(swarm_hub, docker_engine, 
     events = await spawn(swarm_hub, "alice", "nosuchlaunch", {"projectId": "PA", "eventTrackingId": "x"})
     assert events[-1]["failed"] is True
     assert "no launch settings" in events[-1]["message"], events
+
+
+def launch_body(stored: dict) -> dict:
+    """What XNAT POSTs to the hub (reference 02)."""
+    return {"userId": stored["userId"], "xsiType": stored["xsiType"], "itemId": stored["itemId"],
+            "itemLabel": stored["itemId"], "projectId": stored["projectId"],
+            "eventTrackingId": stored["eventTrackingId"], "dashboardConfigId": None}
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(240)
+async def test_docker_compute_environment_with_its_env_command_and_a_named_volume(docker_hub, docker_engine,
+                                                                                    world, tmp_path):
+    await make_user(docker_hub, world, "alice")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "README").write_text("model weights live here\n")
+    # a named volume backed by a directory, so the test can see what the container reads
+    docker_engine.client.volumes.create("xnat-models", driver="local",
+                                        driver_opts={"type": "none", "o": "bind", "device": str(models)})
+    python = notebook_image.python_in_container()
+    command = f"{python} -m jupyterhub.singleuser --ServerApp.default_url=/tree"
+    env = {"image": notebook_image.IMAGE, "command": command,
+           "environmentVariables": [{"key": "LD_LIBRARY_PATH", "value": "/opt/site/lib"},
+                                    {"key": "PYTHONPATH", "value": "/opt/site/python"},
+                                    {"key": "NB_UID", "value": "0"}],
+           "mounts": [{"volumeName": "xnat-models", "localPath": "xnat-models", "containerPath": "/data/models",
+                       "readOnly": True}]}
+    server = "env-20240101t000000z"
+    stored = world.store_user_options("alice", server, project_id="PA", compute_environment=env, hardware=None)
+    events = await spawn(docker_hub, "alice", server, launch_body(stored))
+    try:
+        assert events[-1].get("ready"), events
+        (c,) = docker_engine.client.containers.list()
+        cenv = dict(e.split("=", 1) for e in c.attrs["Config"]["Env"])
+        assert (cenv["LD_LIBRARY_PATH"], cenv["PYTHONPATH"]) == ("/opt/site/lib", "/opt/site/python")
+        assert cenv["NB_UID"] == "1000"  # the hub's, not the compute environment's
+        # the command ran as an argument list (the hub's own args after it), no shell
+        assert c.attrs["Config"]["Cmd"][:4] == command.split(" ") and c.attrs["Config"]["Entrypoint"] is None
+        code, out = c.exec_run(["cat", "/data/models/README"])
+        assert code == 0 and out.decode() == "model weights live here\n"
+        code, _ = c.exec_run(["sh", "-c", "echo x > /data/models/new"])
+        assert code != 0 and not (models / "new").exists()
+    finally:
+        await stop(docker_hub, "alice", server)
+        docker_engine.client.volumes.get("xnat-models").remove(force=True)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(240)
+async def test_swarm_dashboard_on_a_project_with_shared_data(swarm_hub, docker_engine, world):
+    await make_user(swarm_hub, world, "alice")
+    world.share_experiment("PC", "PA")  # bob's PC_E00001 is shared into alice's PA
+    venv_bin = notebook_image.singleuser_cmd()[0]
+    # a custom dashboard's command (DefaultDashboardFrameworkService.resolveCommand)
+    dashboard = f"{venv_bin} --ServerApp.default_url=/tree/dashboards"
+    server = "dash-20240101t000000z"
+    stored = world.store_user_options("alice", server, project_id="PA", image=notebook_image.IMAGE,
+                                      dashboard_command=dashboard)
+    events = await spawn(swarm_hub, "alice", server, launch_body(stored))
+    try:
+        assert events[-1].get("ready"), events
+        (svc,) = docker_engine.client.services.list()
+        cs = svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
+        assert cs["Args"][:2] == dashboard.split(" ")
+        result = probe(docker_engine, "alice", "PA", "bob")
+        # the one shared-data tree XNAT built for this launch, read-only at /data/projects/PA
+        assert result["mounted_projects"] == ["PA"]
+        assert result["experiments"] == ["PA_E00001", "PC_E00001"]
+        assert result["write_data"] == ["EROFS", "EROFS", "EROFS"]
+        assert result["dicom_bytes"] > 0
+        (tree,) = [m for m in cs["Mounts"] if m["Target"] == "/data/projects/PA"]
+        assert "/SHARED.PROJECT.DATA.STORAGE.DIRECTORY/jupyter-notebooks/" in tree["Source"]
+    finally:
+        await stop(swarm_hub, "alice", server)

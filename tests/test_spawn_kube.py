@@ -188,7 +188,7 @@ async def test_applying_twice_replaces_the_previous_launch_and_keeps_the_admins_
     assert "nodeSelector" not in pod["spec"] or not pod["spec"]["nodeSelector"]
 
 
-async def test_shared_roots_cannot_be_mounted_on_kubernetes():
+async def test_host_directories_of_compute_environments_cannot_be_mounted_on_kubernetes():
     config = kube_config(extra_readonly_roots=["/srv/shared"])
     opts = copy.deepcopy(REFERENCE_OPTIONS)
     opts["task_template"]["container_spec"]["mounts"].append(
@@ -196,7 +196,8 @@ async def test_shared_roots_cannot_be_mounted_on_kubernetes():
     plan = launch_plan_for(options=opts, extra_readonly_roots=("/srv/shared",))
     with pytest.raises(SpawnRefused) as err:
         kube.apply_kube(make_spawner(config), plan, XnatSpawnHooks(config=config))
-    assert err.value.reason == "config"
+    assert err.value.reason == "unsupported"
+    assert "host directory" in err.value.jupyterhub_message
 
 
 async def test_pre_spawn_hook_end_to_end_with_the_emulator(xnat):
@@ -214,7 +215,7 @@ async def test_pre_spawn_hook_end_to_end_with_the_emulator(xnat):
     assert subs == ["PK/arc001", "PK/resources", "PK/subjects", "users/aaf_YAdr3eQ"]
     env = env_of(pod)
     assert xnat.token_owner(env["XNAT_USER"], env["XNAT_PASS"]) == "aaf_YAdr3eQ"
-    assert xnat.count() == 1
+    assert (xnat.count("projects"), xnat.count("project_subjects"), xnat.count()) == (1, 1, 2)
 
 
 async def test_pre_spawn_hook_refuses_when_xnat_is_down(xnat):
@@ -235,3 +236,42 @@ def test_swarm_constraints_map_to_node_labels():
     assert kube.node_label("node.hostname") == "kubernetes.io/hostname"
     assert kube.node_label("node.role") is None
     assert kube.node_label("node.labels.a/b/c") is None
+
+
+def _compute_env_options():
+    opts = copy.deepcopy(REFERENCE_OPTIONS)
+    cs = opts["task_template"]["container_spec"]
+    cs["mounts"].append({"target": "/data/models", "source": "xnat-models", "type": "volume", "read_only": True})
+    cs["command"] = "jhsingle-native-proxy --port 8888 --destport 8501 streamlit run app.py {--}server.port {port}"
+    cs["env"]["LD_LIBRARY_PATH"] = "/opt/{lib}"
+    opts["task_template"]["resources"] = None
+    return opts
+
+
+async def test_compute_environment_volume_and_command_become_a_valid_pod():
+    config = kube_config(kube_volume_claims={"xnat-models": "models-pvc"})
+    config.KubeSpawner.cmd = ["jupyterhub-singleuser"]
+    spawner = make_spawner(config)
+    plan = launch_plan_for(options=_compute_env_options())
+    kube.apply_kube(spawner, plan, XnatSpawnHooks(config=config))
+    pod = await pod_of(spawner)
+    c = the_container(pod)
+    vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+    (models,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/data/models"]
+    assert vols[models["name"]]["persistentVolumeClaim"] == {"claimName": "models-pvc"}
+    assert models["readOnly"] is True and "subPath" not in models
+    # an argument list; the braces of the program's own placeholders reach the pod intact
+    assert c["args"][: len(plan.command)] == list(plan.command) and "{port}" in c["args"]
+    assert env_of(pod)["LD_LIBRARY_PATH"] == "/opt/{lib}"
+    # applied again without a command: the configured cmd comes back
+    kube.apply_kube(spawner, launch_plan_for(), XnatSpawnHooks(config=config))
+    assert the_container(await pod_of(spawner))["args"][0] == "jupyterhub-singleuser"
+
+
+async def test_a_volume_without_a_claim_mapping_is_refused_with_a_clear_message():
+    config = kube_config()
+    with pytest.raises(SpawnRefused) as err:
+        kube.apply_kube(make_spawner(config), launch_plan_for(options=_compute_env_options()),
+                        XnatSpawnHooks(config=config))
+    assert err.value.reason == "unsupported"
+    assert "xnat-models" in err.value.jupyterhub_message and "claim" in err.value.jupyterhub_message

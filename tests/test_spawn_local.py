@@ -92,3 +92,49 @@ async def test_refusal_leaves_no_links(world, tmp_path):
         await spawner.run_pre_spawn_hook()
     assert err.value.reason == "token_expired"
     assert not (tmp_path / "links").exists()
+
+
+async def test_the_links_directory_is_private_and_never_followed_through_a_planted_link(world, tmp_path):
+    victim = tmp_path / "hub-files"
+    victim.mkdir()
+    (victim / "precious").write_text("keep me")
+    # another local user planted the links root as a link to the hub's files
+    (tmp_path / "links").symlink_to(victim)
+    spawner = local_spawner(world, tmp_path)
+    with pytest.raises(SpawnRefused) as err:
+        await spawner.run_pre_spawn_hook()
+    assert err.value.reason == "config"
+    assert (victim / "precious").read_text() == "keep me" and list(victim.iterdir()) == [victim / "precious"]
+    (tmp_path / "links").unlink()
+
+    await local_spawner(world, tmp_path).run_pre_spawn_hook()
+    assert oct((tmp_path / "links").stat().st_mode & 0o777) == "0o700"
+    # a link planted where the previous launch's data/ was is removed, not followed
+    base = tmp_path / "links" / "alice"
+    import shutil
+
+    shutil.rmtree(base / "data")
+    (base / "data").symlink_to(victim)
+    await local_spawner(world, tmp_path).run_pre_spawn_hook()
+    assert (victim / "precious").read_text() == "keep me"
+    assert (base / "data").is_dir() and not (base / "data").is_symlink()
+
+
+async def test_a_local_process_takes_no_command_and_no_loader_variables_from_xnat(world, tmp_path, caplog):
+    stored = world.store_user_options("alice", "", project_id="PA", compute_environment={
+        "environmentVariables": [{"key": "LD_PRELOAD", "value": "/tmp/x.so"}, {"key": "PATH", "value": "/tmp"},
+                                 {"key": "OMP_NUM_THREADS", "value": "2"}]})
+    launch = {"projectId": "PA", "eventTrackingId": stored["eventTrackingId"]}
+    spawner = local_spawner(world, tmp_path, user_options=launch)
+    with caplog.at_level("WARNING", logger="spawn_hooks"):
+        await spawner.run_pre_spawn_hook()
+    assert spawner.environment["OMP_NUM_THREADS"] == "2"
+    assert "LD_PRELOAD" not in spawner.environment and spawner.environment.get("PATH") != "/tmp"
+    assert "dropped" in caplog.text
+
+    stored = world.store_user_options("alice", "", project_id="PA", dashboard_command="voila app.ipynb")
+    spawner = local_spawner(world, tmp_path, user_options={"projectId": "PA",
+                                                           "eventTrackingId": stored["eventTrackingId"]})
+    with pytest.raises(SpawnRefused) as err:
+        await spawner.run_pre_spawn_hook()
+    assert err.value.reason == "unsupported" and "command" in err.value.jupyterhub_message

@@ -12,6 +12,7 @@ import json
 import time
 
 import pytest
+from traitlets import TraitError
 from traitlets.config import Config
 
 from spawn_hooks.build import build_plan
@@ -287,24 +288,26 @@ HOSTILE_OPTIONS = {
     "target-etc": _with(M1 + ("target",), "/etc"),
     "target-traversal": _with(M1 + ("target",), "/data/../etc"),
     "target-duplicate": _with(M1 + ("target",), "/data/projects/TestProject/resources"),
-    "volume-type": _with(M1 + ("type",), "volume"),
+    "volume-type-with-a-path": _with(M1 + ("type",), "volume"),
+    "mount-type-tmpfs": _with(M1 + ("type",), "tmpfs"),
+    "other-launchs-shared-tree": _with(M1 + ("source",), "/docker/data/xnat/archive/SHARED.PROJECT.DATA.STORAGE."
+                                       "DIRECTORY/jupyter-notebooks/20990101T000000000Z"),
+    "command-not-a-string": _with(CS + ("command",), {"run": "x"}),
+    "command-control-chars": _with(CS + ("command",), "jupyterhub-singleuser --x=\x1b[31m"),
+    "command-huge": _with(CS + ("command",), "x " * 10_000),
     "huge-mount-list": _with(CS + ("mounts",), [REFERENCE_OPTIONS["task_template"]["container_spec"]["mounts"][1]] * 10_000),
     "huge-path": _with(M1 + ("source",), "/docker/data/xnat/archive/TestProject/" + "x" * 100_000),
     "env-list": _with(CS + ("env",), ["XNAT_USER=x"]),
-    "env-hub-token": _with(CS + ("env", "JUPYTERHUB_API_TOKEN"), "stolen"),
-    "env-ld-preload": _with(CS + ("env", "LD_PRELOAD"), "/tmp/x.so"),
     "env-bad-name": _with(CS + ("env", "A-B"), "x"),
     "env-huge-value": _with(CS + ("env", "BIG"), "x" * 1_000_000),
     "env-too-many": _with(CS + ("env",), {f"V{i}": "x" for i in range(5000)}),
     "env-nested": _with(CS + ("env", "X"), {"a": 1}),
-    "cpu-huge": _with(("task_template", "resources", "cpu_limit"), 1e12),
     "cpu-negative": _with(("task_template", "resources", "cpu_limit"), -1),
     "cpu-nan": _with(("task_template", "resources", "cpu_limit"), float("nan")),
     "cpu-string": _with(("task_template", "resources", "cpu_limit"), "all"),
-    "mem-huge": _with(("task_template", "resources", "mem_limit"), "99999999999999T"),
     "mem-garbage": _with(("task_template", "resources", "mem_limit"), "16 gigs"),
     "mem-reservation-above-limit": _with(("task_template", "resources", "mem_reservation"), "32G"),
-    "gpu-huge": _with(("task_template", "resources", "generic_resources"), {"gpu": 10_000}),
+    "gpu-zero": _with(("task_template", "resources", "generic_resources"), {"gpu": 0}),
     "gpu-name": _with(("task_template", "resources", "generic_resources"), {"gpu; rm": 1}),
     "constraint-injection": _with(("task_template", "placement", "constraints"), ["node.role==manager\nx"]),
     "constraint-operator": _with(("task_template", "placement", "constraints"), ["node.labels.a~=b"]),
@@ -412,11 +415,14 @@ def spawner_for(xnat, username, *, token=..., user_options=None, name="", authen
     )
 
 
-async def test_hub_started_server_mounts_the_users_projects_with_one_request(world):
+async def test_hub_started_server_mounts_the_users_projects_in_one_xnat_session(world):
     spawner = spawner_for(world, "alice")
     plan = await build_plan(spawner)
     assert plan.origin == "hub" and plan.projects == ("PA", "PB")
-    assert world.count("projects") == 1 and world.count() == 1
+    # the listing, then one read check per listed project, all in one session of the token
+    assert world.count("projects") == 1 and world.count("project_subjects") == 2 and world.count() == 3
+    assert world.sessions_opened == {"alice": 1}
+    assert [c.auth_kind for c in world.calls] == ["basic-token", "session", "session"]
     # the workspace was created, without a shell, where XNAT keeps it
     assert (world.workspace_root / "users" / "alice").is_dir()
     # the notebook's token is the user's own
@@ -484,7 +490,7 @@ async def test_launch_options_not_found(world):
     assert "start it again from XNAT" in err.value.jupyterhub_message
 
 
-@pytest.mark.parametrize("name", ["traversal", "other-workspace", "env-hub-token", "huge-mount-list", "cpu-huge"])
+@pytest.mark.parametrize("name", ["traversal", "other-workspace", "env-bad-name", "huge-mount-list", "cpu-nan"])
 async def test_hostile_stored_options_refuse_the_spawn_even_with_allow_start_without_data(world, name):
     raw = json.loads(json.dumps(HOSTILE_OPTIONS[name]).replace("/docker/data/xnat", "/data/xnat")
                      .replace("non-admin", "alice").replace("TestProject", "PA"))
@@ -630,3 +636,304 @@ async def test_spawns_do_not_block_each_other(world):
     plans = await asyncio.gather(*(build_plan(spawner_for(world, "alice")) for _ in range(10)))
     assert all(p.projects == ("PA", "PB") for p in plans)
     assert time.monotonic() - t0 < 3.0
+
+
+# -- launches as XNAT makes them (plugin 1.x: DefaultUserOptionsService.toTaskTemplate) --------
+
+
+def test_the_trust_line_drops_what_the_hub_keeps_and_passes_what_xnat_admins_configured():
+    opts = copy.deepcopy(REFERENCE_OPTIONS)
+    cs = opts["task_template"]["container_spec"]
+    cs["env"].update({
+        # a compute environment's own (XNAT admins decide what runs in the container)
+        "LD_LIBRARY_PATH": "/opt/fsl/lib", "PATH": "/opt/fsl/bin:/usr/bin", "PYTHONPATH": "/opt/lib",
+        "OMP_NUM_THREADS": "4", "LD_PRELOAD": "/opt/lib/libtcmalloc.so",
+        # the hub's
+        "JUPYTERHUB_API_TOKEN": "stolen", "JPY_API_TOKEN": "x", "NB_UID": "0", "NB_USER": "root",
+        "GRANT_SUDO": "yes", "CHOWN_HOME": "yes", "XNAT_SPAWN_WARNING": "fake",
+    })
+    cs["labels"] = {"traefik.http.routers.x.rule": "Host(`evil`)", "com.docker.stack.namespace": "x",
+                    "org.example.site": "ok"}
+    opts["task_template"]["resources"].update(cpu_limit=1e12, mem_limit="99999999T",
+                                             generic_resources={"gpu": 10_000, "fpga": 1})
+    plan = launch_plan(opts)
+    for name in ("LD_LIBRARY_PATH", "PATH", "PYTHONPATH", "OMP_NUM_THREADS", "LD_PRELOAD"):
+        assert plan.env[name] == cs["env"][name]
+    for name in ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "NB_UID", "NB_USER", "GRANT_SUDO", "CHOWN_HOME",
+                 "XNAT_SPAWN_WARNING"):
+        assert name not in plan.env
+    assert plan.env["JUPYTERHUB_ROOT_DIR"] == "/workspace/non-admin"  # the plugin's own
+    assert dict(plan.labels) == {"org.example.site": "ok"}
+    assert (plan.resources.cpu_limit, plan.resources.mem_limit) == (None, None)
+    assert plan.resources.cpu_reservation == 4.0 and plan.resources.generic == (("fpga", 1),)
+    assert {d.split("=")[0].split(" (")[0] for d in plan.dropped} >= {
+        "env JUPYTERHUB_API_TOKEN", "env NB_UID", "env GRANT_SUDO", "label traefik.http.routers.x.rule",
+        "cpu_limit", "mem_limit", "gpu"}
+    assert "stolen" not in " ".join(plan.dropped) and "stolen" not in plan.describe()
+
+
+def test_the_command_is_an_argument_list_never_a_shell_line():
+    dashboard = ("jhsingle-native-proxy --port 8888 --destport 8501 --repo https://example.org/d.git "
+                 "--repobranch main --repofolder /home/jovyan/dashboards streamlit run "
+                 "/home/jovyan/dashboards/app.py {--}server.port {port} {--}server.headless True")
+    plan = launch_plan(_with(CS + ("command",), dashboard))
+    assert plan.command == tuple(dashboard.split(" "))
+    assert "{port}" in plan.command  # jhsingle-native-proxy's own placeholder stays
+    plan = launch_plan(_with(CS + ("command",), "run.sh; rm -rf / $(id)"))
+    assert plan.command == ("run.sh;", "rm", "-rf", "/", "$(id)")  # words, for no shell to read
+    assert launch_plan().command is None
+
+
+@pytest.mark.parametrize("resources", [None, {"cpu_limit": None, "cpu_reservation": None, "mem_limit": None,
+                                              "mem_reservation": None, "generic_resources": None}])
+def test_resources_may_be_null(resources):
+    plan = launch_plan(_with(("task_template", "resources"), resources))
+    assert plan.resources == plan.resources.__class__()
+
+
+def test_compute_environment_volume_and_bind_mounts_under_the_admins_roots():
+    opts = copy.deepcopy(REFERENCE_OPTIONS)
+    opts["task_template"]["container_spec"]["mounts"] += [
+        {"target": "/data/atlas", "source": "/srv/reference/atlas", "type": "bind", "read_only": False},
+        {"target": "/data/scratch", "source": "/srv/scratch/non-admin", "type": "bind", "read_only": False},
+        {"target": "/data/models", "source": "xnat-models", "type": "volume", "read_only": True},
+    ]
+    plan = launch_plan(opts, extra_readonly_roots=("/srv/reference",), extra_writable_roots=("/srv/scratch",))
+    by_target = {m.target: m for m in plan.mounts}
+    assert (by_target["/data/atlas"].kind, by_target["/data/atlas"].read_only) == ("shared", True)
+    assert (by_target["/data/scratch"].kind, by_target["/data/scratch"].read_only) == ("extra", False)
+    vol = by_target["/data/models"]
+    assert (vol.type, vol.source, vol.read_only) == ("volume", "xnat-models", True)
+    with pytest.raises(PlanError, match="outside"):
+        launch_plan(opts, extra_readonly_roots=())
+    with pytest.raises(PlanError, match="not in allowed_volumes"):
+        launch_plan(opts, extra_readonly_roots=("/srv/reference",), extra_writable_roots=("/srv/scratch",),
+                    allowed_volumes=("other",))
+
+
+SHARED_TREE = "/docker/data/xnat/archive/SHARED.PROJECT.DATA.STORAGE.DIRECTORY/jupyter-notebooks/20220822T201541799Z"
+
+
+def test_a_shared_data_tree_of_this_launch_is_mounted_whole_read_only():
+    opts = copy.deepcopy(REFERENCE_OPTIONS)
+    cs = opts["task_template"]["container_spec"]
+    cs["mounts"] = cs["mounts"][:1] + [
+        {"target": "/data/projects/TestProject", "source": SHARED_TREE, "type": "bind", "read_only": False}]
+    plan = launch_plan(opts)
+    (tree,) = plan.data_mounts
+    assert (tree.source, tree.target, tree.read_only, tree.project) == (
+        SHARED_TREE, "/data/projects/TestProject", True, "TestProject")
+    assert plan.projects == ("TestProject",)
+    # another project's target, or another launch's tree: refused
+    cs["mounts"][1]["target"] = "/data/projects/Other"
+    with pytest.raises(PlanError, match="shared-data tree of another launch"):
+        launch_plan(opts)
+
+
+@pytest.mark.parametrize("roots", [[""], ["/"], ["/var"], ["/var/run"], ["/run/docker.sock"], ["relative"],
+                                   ["/srv/a/../b"]])
+def test_extra_roots_refuse_the_host_and_the_docker_socket(roots):
+    from xnat_oauth.errors import ConfigError
+
+    c = Config()
+    c.XnatSpawnHooks.extra_readonly_roots = roots
+    with pytest.raises((ConfigError, TraitError)):
+        XnatSpawnHooks(config=c).check()
+
+
+@pytest.mark.parametrize("root", ["/docker/data/xnat/workspaces/users", "/docker/data", "/docker/data/xnat/archive/P1"])
+def test_extra_roots_may_not_overlap_the_workspaces_or_the_archive(root):
+    from xnat_oauth.errors import ConfigError
+
+    c = Config()
+    c.XnatSpawnHooks.archive_root = "/docker/data/xnat/archive"
+    c.XnatSpawnHooks.workspace_root = "/docker/data/xnat/workspaces"
+    c.XnatSpawnHooks.extra_writable_roots = [root]
+    with pytest.raises(ConfigError, match="overlaps"):
+        XnatSpawnHooks(config=c).check()
+
+
+def test_the_plugins_server_prefix_names_are_read(monkeypatch):
+    monkeypatch.setenv("JH_XNAT_PT_ARCHIVE_DOCKER_PREFIX", "/old/archive")
+    monkeypatch.setenv("JH_XNAT_PT_ARCHIVE_SERVER_PREFIX", "/srv/xnat/archive")
+    monkeypatch.setenv("JH_XNAT_PT_WORKSPACE_SERVER_PREFIX", "/srv/xnat/workspaces")
+    monkeypatch.delenv("JH_XNAT_PT_WORKSPACE_DOCKER_PREFIX", raising=False)
+    s = XnatSpawnHooks()
+    # the plugin: the SERVER prefix overrides the DOCKER one (JupyterHubPreferenceInitializer)
+    assert (s.archive_host_prefix, s.workspace_host_prefix) == ("/srv/xnat/archive", "/srv/xnat/workspaces")
+    assert (s.archive_root, s.workspace_root) == ("/srv/xnat/archive", "/srv/xnat/workspaces")
+
+
+# -- against the emulator -----------------------------------------------------------------------
+
+
+def launch_of(stored: dict) -> dict:
+    return {k: stored[k] for k in ("xsiType", "itemId", "projectId", "eventTrackingId")}
+
+
+async def test_a_project_with_shared_in_experiments_launches_with_its_shared_data_tree(world):
+    world.add_project("PC", readers=["bob"])
+    world.share_experiment("PC", "PA")
+    stored = world.store_user_options("alice", "", project_id="PA")
+    plan = await build_plan(spawner_for(world, "alice", user_options=launch_of(stored), allowed_images=["*"]))
+    (tree,) = plan.data_mounts
+    assert tree.target == "/data/projects/PA" and tree.read_only and plan.projects == ("PA",)
+    assert tree.source.startswith(f"{world.archive_root}/SHARED.PROJECT.DATA.STORAGE.DIRECTORY/jupyter-notebooks/")
+    from pathlib import Path
+
+    exps = sorted(p.name for p in (Path(tree.source) / "experiments").iterdir())
+    assert exps == ["PA_E00001", "PC_E00001"]
+
+
+async def test_a_compute_environment_launch_keeps_its_env_command_and_mounts(world, tmp_path):
+    (tmp_path / "ref").mkdir()
+    env = {"image": "xnat/fsl:6", "command": "python -m myapp --port 8888",
+           "environmentVariables": [{"key": "LD_LIBRARY_PATH", "value": "/opt/fsl/lib"},
+                                    {"key": "NB_UID", "value": "0"}],
+           "mounts": [{"volumeName": "", "localPath": str(tmp_path / "ref"), "containerPath": "/data/ref",
+                       "readOnly": True},
+                      {"volumeName": "models", "localPath": "models", "containerPath": "/data/models",
+                       "readOnly": True}]}
+    stored = world.store_user_options("alice", "", project_id="PA", compute_environment=env, hardware=None)
+    plan = await build_plan(spawner_for(world, "alice", user_options=launch_of(stored), allowed_images=["*"],
+                                        extra_readonly_roots=[str(tmp_path)]))
+    assert plan.image == "xnat/fsl:6" and plan.command == ("python", "-m", "myapp", "--port", "8888")
+    assert plan.env["LD_LIBRARY_PATH"] == "/opt/fsl/lib" and "NB_UID" not in plan.env
+    assert plan.dropped == ("env NB_UID",)
+    kinds = {m.target: (m.type, m.kind) for m in plan.mounts}
+    assert kinds["/data/ref"] == ("bind", "shared") and kinds["/data/models"] == ("volume", "volume")
+    assert plan.resources == plan.resources.__class__()  # the hardware had no values: all null
+
+
+async def test_hub_started_servers_never_mount_a_protected_project_of_others(world):
+    world.add_project("PROT", protected=True, readers=["bob"])
+    world.add_project("PUB", public=True)
+    plan = await build_plan(spawner_for(world, "alice"))
+    assert plan.projects == ("PA", "PB", "PUB")  # PROT is listed to alice, its data is not hers
+    assert world.count("project_subjects") == 4
+    plan = await build_plan(spawner_for(world, "bob"))
+    assert plan.projects == ("PB", "PROT", "PUB")
+
+
+async def test_project_checks_are_cached_briefly_and_capped_with_a_message(world):
+    tok = world.mint_token("alice")
+    await build_plan(spawner_for(world, "alice", token=tok))
+    await build_plan(spawner_for(world, "alice", token=tok))
+    assert world.count("projects") == 2 and world.count("project_subjects") == 2  # answers reused
+    plan = await build_plan(spawner_for(world, "alice", max_project_checks=1, project_check_cache_seconds=0))
+    assert plan.projects == ("PA",)
+    assert "this hub mounts at most 1" in plan.full_env()["XNAT_SPAWN_WARNING"]
+
+
+async def test_project_checks_fail_closed(world):
+    world.fault("project_subjects", "error", status=503)
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner_for(world, "alice", project_check_cache_seconds=0))
+    assert err.value.reason == "xnat_unavailable"
+
+
+async def test_the_service_account_keeps_one_session_across_spawns(world):
+    stored = [world.store_user_options("alice", f"s{i}", project_id="PA") for i in range(30)]
+    plans = await asyncio.gather(*(
+        build_plan(spawner_for(world, "alice", user_options=launch_of(o), name=f"s{i}", allowed_images=["*"]))
+        for i, o in enumerate(stored)))
+    assert {p.projects for p in plans} == {("PA",)}
+    assert world.sessions_opened.get("jupyterhub") == 1
+    calls = [c for c in world.calls if c.endpoint == "user_options"]
+    assert [c.auth_kind for c in calls].count("basic-password") == 1
+
+
+async def test_1200_spawns_leave_the_service_account_unlocked_under_xnats_session_cap(make_xnat):
+    """XNAT allows 1,000 live sessions per account and counts a login past them as a failed
+    one; 20 lock the account. Scaled down: a cap of 40, 1,200 launches, the clock moving on
+    so sessions expire in between."""
+    now = [1_700_000_000.0]
+    xnat = make_xnat(concurrent_max_sessions=40, session_timeout=900, clock=lambda: now[0])
+    add_service_account(xnat)
+    xnat.add_user("alice", "alice-pw", roles=["Jupyter"])
+    xnat.add_project("PA", readers=["alice"])
+    stored = xnat.store_user_options("alice", "", project_id="PA")
+    sem = asyncio.Semaphore(20)
+
+    async def one(i):
+        async with sem:
+            if i == 600:
+                now[0] += 1000  # XNAT ends the idle session; the hooks log in once more
+            return await build_plan(spawner_for(xnat, "alice", user_options=launch_of(stored), allowed_images=["*"],
+                                                service_session_max_idle=3600))
+
+    plans = await asyncio.gather(*(one(i) for i in range(1200)))
+    assert all(p.projects == ("PA",) for p in plans)
+    assert not xnat.locked("jupyterhub") and xnat.failures("jupyterhub") == 0
+    assert xnat.count("user_options") == 1200
+    # one session, and after XNAT ended it one more per request already in flight (at most the
+    # 20 running at once), never one per spawn
+    assert 2 <= xnat.sessions_opened["jupyterhub"] <= 1 + 20
+    assert xnat.live_sessions("jupyterhub") <= 20
+
+
+def _xnatpy_listing(env: dict) -> tuple[list[str], dict[str, list[str]]]:
+    """What a researcher's notebook does: ``xnat.connect()`` with the notebook's environment."""
+    import xnat as xnatpy
+
+    with xnatpy.connect(env["XNAT_HOST"], user=env["XNAT_USER"], password=env["XNAT_PASS"], loglevel="ERROR") as s:
+        projects = sorted(s.projects.keys())
+        subjects = {}
+        for pid in projects:
+            try:
+                subjects[pid] = sorted(x.label for x in s.projects[pid].subjects.values())
+            except xnatpy.exceptions.XNATResponseError:
+                subjects[pid] = None  # listed, data closed
+        return projects, subjects
+
+
+@pytest.mark.parametrize("launched_from", ["hub", "xnat"])
+async def test_xnatpy_with_a_notebooks_credentials_lists_exactly_that_users_projects(world, launched_from):
+    world.add_project("PROT", protected=True, readers=["bob"])
+    world.add_project("PC", readers=["bob"])
+    if launched_from == "xnat":
+        stored = world.store_user_options("alice", "", project_id="PA")
+        spawner = spawner_for(world, "alice", user_options=launch_of(stored), allowed_images=["*"])
+    else:
+        spawner = spawner_for(world, "alice")
+    plan = await build_plan(spawner)
+    projects, subjects = await asyncio.to_thread(_xnatpy_listing, plan.full_env())
+    # exactly XNAT's listing for alice: hers and the protected one, never bob's PC
+    assert projects == ["PA", "PB", "PROT"]
+    assert subjects == {"PA": ["PA_S00001"], "PB": ["PB_S00001"], "PROT": None}
+
+
+async def test_every_writable_mount_reached_through_a_link_is_refused(world, tmp_path):
+    scratch = tmp_path / "scratch"
+    (scratch / "real").mkdir(parents=True)
+    (scratch / "alice").symlink_to(scratch / "real")  # stays inside the root, still a link
+    env = {"mounts": [{"volumeName": "", "localPath": str(scratch / "alice"), "containerPath": "/data/scratch",
+                       "readOnly": False}]}
+    stored = world.store_user_options("alice", "", project_id="PA", compute_environment=env)
+    spawner = spawner_for(world, "alice", user_options=launch_of(stored), allowed_images=["*"],
+                          extra_writable_roots=[str(scratch)])
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner)
+    assert err.value.reason == "invalid_launch_options" and "link" in err.value.jupyterhub_message
+    # read-only below the same root: a link inside the root is fine, the mount is not writable
+    env["mounts"][0]["readOnly"] = True
+    stored = world.store_user_options("alice", "", project_id="PA", compute_environment=env)
+    plan = await build_plan(spawner_for(world, "alice", user_options=launch_of(stored), allowed_images=["*"],
+                                        extra_readonly_roots=[str(scratch)]))
+    assert [m.read_only for m in plan.mounts if m.target == "/data/scratch"] == [True]
+
+
+async def test_a_workspace_below_a_linked_users_directory_is_refused(world, tmp_path):
+    import shutil
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(world.workspace_root / "users", ignore_errors=True)
+    (world.workspace_root / "users").symlink_to(elsewhere)
+    try:
+        with pytest.raises(SpawnRefused) as err:
+            await build_plan(spawner_for(world, "alice"))
+        assert "link" in err.value.jupyterhub_message
+        assert list(elsewhere.iterdir()) == []  # nothing was created through the link
+    finally:
+        (world.workspace_root / "users").unlink()

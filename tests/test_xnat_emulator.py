@@ -7,6 +7,7 @@ the emulator the rest of the suite relies on answers like XNAT.
 from __future__ import annotations
 
 import asyncio
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 import json
 import logging
 import os
@@ -21,6 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+pytestmark = pytest.mark.world
+
+# every test here checks the test world (the XNAT emulator) itself
 pytestmark = pytest.mark.world
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,9 +62,15 @@ def assert_shape(ref, got, where="$"):
             assert_shape(ref[0], item, f"{where}[]")
 
 
+def no_cookies() -> CookieJar:
+    """A jar that keeps nothing: each call authenticates anew (a kept JSESSIONID would win
+    over the Basic header, as in XNAT, and these tests are about the header)."""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+
 @pytest.fixture
 def http(xnat):
-    with httpx.Client(base_url=xnat.url, trust_env=False, timeout=10) as c:
+    with httpx.Client(base_url=xnat.url, trust_env=False, timeout=10, cookies=no_cookies()) as c:
         yield c
 
 
@@ -77,6 +87,7 @@ def people(xnat):
 
 
 A = ("alice", "alice-pw")
+GENERIC_401_BODY = {"status": 401, "message": "Login attempt failed. Please try again."}
 ADMIN = ("carol", "carol-pw")
 HUB = ("jupyterhub", "hub-pw")
 
@@ -110,18 +121,28 @@ def test_validate_and_invalidate_match_reference(xnat, http, people):
     assert xnat.token_owner(tok["alias"], tok["secret"]) is None
 
 
-def test_projects_match_reference_and_only_readable(xnat, http, people):
+def test_projects_match_reference_and_list_protected_and_public_ones(xnat, http, people):
+    # ProjectListResource: the default listing holds the caller's projects and every public
+    # and protected one; a protected project's data stays closed to non-members
+    xnat.add_project("PROT", protected=True, readers=["bob"])
     r = http.get("/data/projects", params={"format": "json"}, auth=A)
     d = r.json()
     assert_shape(reference("07"), d)
-    assert d["ResultSet"]["totalRecords"] == "2"
-    assert [p["ID"] for p in d["ResultSet"]["Result"]] == ["P1", "P2"]
+    assert d["ResultSet"]["totalRecords"] == "4"
+    assert [p["ID"] for p in d["ResultSet"]["Result"]] == ["OPEN", "P1", "P2", "PROT"]
     bob = http.get("/data/projects", params={"format": "json"}, auth=("bob", "bob-pw")).json()
-    assert [p["ID"] for p in bob["ResultSet"]["Result"]] == ["P1"]
+    assert [p["ID"] for p in bob["ResultSet"]["Result"]] == ["OPEN", "P1", "PROT"]
     acc = http.get("/data/projects", params={"format": "json", "accessible": "true"}, auth=("bob", "bob-pw")).json()
-    assert {p["ID"] for p in acc["ResultSet"]["Result"]} == {"P1", "OPEN"}
+    assert {p["ID"] for p in acc["ResultSet"]["Result"]} == {"P1", "OPEN", "PROT"}
     admin = http.get("/data/projects", params={"format": "json"}, auth=ADMIN).json()
-    assert admin["ResultSet"]["totalRecords"] == "3"
+    assert admin["ResultSet"]["totalRecords"] == "4"
+    # data: members and public projects 200, protected non-member 403, unseen private 404
+    subjects = lambda pid, auth: http.get(f"/data/projects/{pid}/subjects", params={"format": "json"}, auth=auth)  # noqa: E731
+    assert subjects("PROT", A).status_code == 403
+    assert subjects("PROT", ("bob", "bob-pw")).status_code == 200
+    assert subjects("OPEN", A).status_code == 200 and subjects("P1", A).json()["ResultSet"]["Result"]
+    assert subjects("P2", ("bob", "bob-pw")).status_code == 404
+    assert subjects("PROT", ADMIN).status_code == 200
 
 
 def test_users_match_reference(xnat, http, people):
@@ -223,7 +244,7 @@ def test_lockout_after_threshold_and_expiry(make_xnat):
     now = [1_700_000_000.0]
     emu = make_xnat(lockout_threshold=3, lockout_seconds=600, clock=lambda: now[0])
     emu.add_user("dana", "right")
-    c = httpx.Client(base_url=emu.url, trust_env=False)
+    c = httpx.Client(base_url=emu.url, trust_env=False, cookies=no_cookies())
     for i in range(2):
         assert c.get("/xapi/users/username", auth=("dana", "wrong")).status_code == 401
     assert emu.failures("dana") == 2 and not emu.locked("dana")
@@ -404,7 +425,7 @@ async def test_slow_fault_does_not_block_other_requests(xnat, people):
         done, _ = await asyncio.wait({slow, fast}, return_when=asyncio.FIRST_COMPLETED)
         assert done == {fast} and fast.result().text == "alice"
         r = await slow
-        assert r.status_code == 200 and r.json()["ResultSet"]["totalRecords"] == "2"
+        assert r.status_code == 200 and r.json()["ResultSet"]["totalRecords"] == "3"  # P1, P2, OPEN
 
 
 def test_go_down_refuses_connections_and_come_up_keeps_port_and_state(xnat, http, people):
@@ -505,7 +526,7 @@ def test_demo_world(demo_xnat):
     roles = {u: c.get(f"/xapi/users/{u}/roles", auth=(u, pw[u])).json() for u in pw}
     assert roles == {"alice": ["Jupyter"], "bob": [], "carol": ["Administrator"], "jupyterhub": ["JupyterHub"]}
     ids = [p["ID"] for p in c.get("/data/projects", auth=("alice", pw["alice"])).json()["ResultSet"]["Result"]]
-    assert ids == ["DEMO_CT", "DEMO_MR"]
+    assert ids == ["DEMO_CT", "DEMO_MR", "PUBLIC_RT"]  # public projects are listed to all
     for pid in ids:
         d = emu.archive_root / pid
         dcm = list((d / "arc001").rglob("*.dcm"))
@@ -542,3 +563,50 @@ def _readline_within(proc, seconds):
     t.join(seconds)
     assert box and box[0], f"no ready line within {seconds}s"
     return box[0]
+
+
+def test_session_cap_counts_failed_logins_and_locks(make_xnat):
+    """SecurityConfig.sessionAuthenticationStrategy: past concurrentMaxSessions live sessions a
+    login is a 401 that XnatBasicAuthenticationFilter logs as a failed attempt; 20 lock."""
+    now = [1_700_000_000.0]
+    emu = make_xnat(concurrent_max_sessions=3, lockout_threshold=5, clock=lambda: now[0])
+    emu.add_user("svc", "pw", roles=["JupyterHub"])
+    c = httpx.Client(base_url=emu.url, trust_env=False, cookies=no_cookies())
+    assert [c.get("/xapi/users/username", auth=("svc", "pw")).status_code for _ in range(3)] == [200] * 3
+    assert emu.live_sessions("svc") == 3 and emu.failures("svc") == 0
+    r = c.get("/xapi/users/username", auth=("svc", "pw"))
+    assert r.status_code == 401 and r.json() == GENERIC_401_BODY and emu.failures("svc") == 1
+    for _ in range(4):
+        c.get("/xapi/users/username", auth=("svc", "pw"))
+    assert emu.locked("svc")
+    # sessions end after 15 idle minutes (SiteConfigPreferences.sessionTimeout)
+    now[0] += 901
+    assert emu.live_sessions("svc") == 0
+
+
+def test_a_live_session_beats_the_basic_header_of_its_own_user(xnat, people):
+    c = httpx.Client(base_url=xnat.url, trust_env=False)
+    tok = xnat.mint_token("alice")
+    assert c.get("/xapi/users/username", auth=(tok["alias"], tok["secret"])).text == "alice"
+    opened = xnat.sessions_opened["alice"]
+    # XnatBasicAuthenticationFilter.authenticationIsRequired: same user (or an alias of that
+    # user's token): no new login, no new session
+    assert c.get("/xapi/users/username", auth=(tok["alias"], tok["secret"])).text == "alice"
+    assert c.get("/xapi/users/username", auth=A).text == "alice"
+    assert xnat.sessions_opened["alice"] == opened and xnat.calls[-1].auth_kind == "session"
+    # another user's header authenticates anew
+    assert c.get("/xapi/users/username", auth=("bob", "bob-pw")).text == "bob"
+
+
+def test_xnatpy_logs_in_with_an_alias_token_and_lists_projects_and_subjects(xnat, people):
+    import xnat as xnatpy
+
+    xnat.add_project("PROT", protected=True, readers=["bob"])
+    tok = xnat.mint_token("alice")
+    with xnatpy.connect(xnat.url, user=tok["alias"], password=tok["secret"], loglevel="ERROR") as s:
+        assert s.logged_in_user == "alice"
+        assert sorted(s.projects.keys()) == ["OPEN", "P1", "P2", "PROT"]
+        assert [x.label for x in s.projects["P1"].subjects.values()] == ["P1_S00001"]
+        with pytest.raises(xnatpy.exceptions.XNATResponseError, match="403"):
+            s.projects["PROT"].subjects.listing
+    assert xnat.sessions_opened["alice"] == 1

@@ -5,6 +5,14 @@ Design points, each learnt from how XNAT and the earlier integrations behave:
 * The client is shared by every user of the hub, so it must never carry one user's session
   into another's request: XNAT answers Basic-auth calls with a ``JSESSIONID`` cookie, and a
   cookie jar would send it on the next user's call. The jar here refuses every cookie.
+* Yet every Basic-auth call without a live session opens a new XNAT session, and XNAT allows
+  1,000 live sessions per account: the next login is a 401 that counts as a failed login, and
+  20 of those lock the account (``SecurityConfig.sessionAuthenticationStrategy``,
+  ``ConcurrentSessionControlAuthenticationStrategy.exceptionIfMaximumExceeded(true)``). With
+  ``keep_sessions=True`` the client keeps one ``JSESSIONID`` per credential (never per user,
+  never shared) and sends it beside the Basic header: XNAT's ``XnatBasicAuthenticationFilter``
+  skips authentication while the session is live for that user, and authenticates (one new
+  session) once it has expired. See :class:`SessionStore`.
 * ``GET /data/services/tokens/issue`` is a GET that mints a token, and a failed password
   counts towards XNAT's lockout: neither it nor any other call that can fail on credentials
   is retried. Only idempotent reads are, on outage, a bounded number of times.
@@ -19,11 +27,15 @@ Design points, each learnt from how XNAT and the earlier integrations behave:
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import http.cookiejar
 import json
 import logging
 import re
+import secrets
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote
@@ -128,6 +140,85 @@ def as_auth(credentials: Credentials) -> httpx.Auth:
     raise TypeError(f"unsupported XNAT credentials: {type(credentials).__name__}")
 
 
+def _fingerprint(key: bytes, credentials: Credentials) -> str | None:
+    """A per-process keyed digest of a Basic credential (identity AND secret), or None for
+    credentials kept by no session: Bearer (the OpenID plugin creates none) and any other
+    ``httpx.Auth``, whose secret the client cannot read."""
+    if isinstance(credentials, XnatToken):
+        parts = ("token", credentials.alias, credentials.secret)
+    elif isinstance(credentials, tuple) and len(credentials) == 2:
+        parts = ("basic", str(credentials[0]), str(credentials[1]))
+    else:
+        return None
+    # the secret is part of the key: a wrong password never finds the session a right one opened
+    return hmac.new(key, "\0".join(parts).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+class SessionStore:
+    """One XNAT ``JSESSIONID`` per credential, for one client.
+
+    A session is found only by the same identity AND secret, so neither another user nor a
+    wrong password can ride on it. A session unused for ``max_idle`` seconds (XNAT's own
+    idle timeout is 15 minutes, ``SiteConfigPreferences.sessionTimeout``) is forgotten before
+    XNAT forgets it. The first call of a credential without a session holds a lock, so 50
+    concurrent spawns open one session, not 50. ``opened`` counts sessions XNAT gave.
+    """
+
+    def __init__(self, max_idle: float = 600.0, clock=time.monotonic):
+        self.max_idle = float(max_idle)
+        self.clock = clock
+        self._key = secrets.token_bytes(32)
+        self._ids: dict[str, tuple[str, float]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.opened = 0
+
+    def key(self, credentials: Credentials) -> str | None:
+        return _fingerprint(self._key, credentials)
+
+    def get(self, fp: str) -> str | None:
+        entry = self._ids.get(fp)
+        if entry is None:
+            return None
+        sid, used = entry
+        if self.clock() - used > self.max_idle:
+            del self._ids[fp]
+            return None
+        return sid
+
+    def touch(self, fp: str, sid: str) -> None:
+        old = self._ids.get(fp)
+        if old is None or old[0] != sid:
+            self.opened += 1
+        self._ids[fp] = (sid, self.clock())
+
+    def drop(self, fp: str) -> None:
+        self._ids.pop(fp, None)
+
+    def lock(self, fp: str) -> asyncio.Lock:
+        lock = self._locks.get(fp)
+        if lock is None:
+            if len(self._locks) > 4096:
+                # bounded: locks of credentials nobody is logging in with are free to go
+                for k in [k for k, v in self._locks.items() if not v.locked()]:
+                    del self._locks[k]
+            lock = self._locks[fp] = asyncio.Lock()
+        return lock
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+_SESSION_COOKIE = re.compile(r"(?:^|[;,]\s*)JSESSIONID=([^;,\s]+)")
+
+
+def _session_from(resp: httpx.Response) -> str | None:
+    for value in resp.headers.get_list("set-cookie"):
+        m = _SESSION_COOKIE.search(value)
+        if m and m.group(1) not in ("", '""'):
+            return m.group(1)
+    return None
+
+
 @dataclass(frozen=True)
 class AliasToken:
     """What ``/data/services/tokens/issue`` returns, reduced to what we use."""
@@ -168,6 +259,8 @@ class XnatClient:
         trust_env: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        keep_sessions: bool = False,
+        session_max_idle: float = 600.0,
     ):
         if not url or not url.startswith(("http://", "https://")):
             raise ValueError(f"XNAT url must start with http:// or https://, got {url!r}")
@@ -193,6 +286,8 @@ class XnatClient:
             headers={"User-Agent": f"xnat-oauth/{_version.__version__}", "Accept": "application/json"},
             transport=transport,
         )
+        #: per-credential XNAT sessions (``keep_sessions=True``), else None: a session per call
+        self.sessions: SessionStore | None = SessionStore(session_max_idle) if keep_sessions else None
 
     async def aclose(self):
         await self._http.aclose()
@@ -232,15 +327,32 @@ class XnatClient:
         raise last
 
     async def _send_once(self, method, path, auth, params, accept) -> httpx.Response:
+        store = self.sessions
+        fp = store.key(auth) if store is not None else None
+        if fp is None:
+            return await self._exchange(method, path, auth, params, accept, None, None)
+        if store.get(fp) is not None:
+            return await self._exchange(method, path, auth, params, accept, store, fp)
+        async with store.lock(fp):
+            # only the login waits in line: whoever held the lock may have opened the session
+            if store.get(fp) is None:
+                return await self._exchange(method, path, auth, params, accept, store, fp)
+        return await self._exchange(method, path, auth, params, accept, store, fp)
+
+    async def _exchange(self, method, path, auth, params, accept, store, fp) -> httpx.Response:
         url = self.url + path
         safe = redact_url(url)
+        headers = {"Accept": accept}
+        sid = store.get(fp) if store is not None else None
+        if sid is not None:
+            # beside the Basic header: XNAT uses a live session and ignores the header, and
+            # authenticates with the header (one new session) once the session has expired
+            headers["Cookie"] = f"JSESSIONID={sid}"
         try:
             # httpx has per-phase timeouts only; a server that trickles bytes must not hold a
             # login for ever, so bound the whole exchange too.
             resp = await asyncio.wait_for(
-                self._http.request(
-                    method, path, auth=as_auth(auth), params=params, headers={"Accept": accept}
-                ),
+                self._http.request(method, path, auth=as_auth(auth), params=params, headers=headers),
                 timeout=self.timeout * 1.5,
             )
         except (httpx.TimeoutException, asyncio.TimeoutError):
@@ -254,6 +366,14 @@ class XnatClient:
                 f"XNAT unreachable: {method} {safe}: {type(e).__name__}", url=safe
             ) from None
         status = resp.status_code
+        if store is not None:
+            new = _session_from(resp)
+            if status == 401:
+                store.drop(fp)
+            elif new is not None:
+                store.touch(fp, new)
+            elif sid is not None and status < 500:
+                store.touch(fp, sid)
         if status < 300:
             return resp
         msg = f"XNAT answered {status} to {method} {safe}"
@@ -437,6 +557,23 @@ class XnatClient:
         self._expect(ok, "ResultSet.Result", resp)
         rows = [r for r in d["ResultSet"]["Result"] if isinstance(r, dict) and isinstance(r.get("ID"), str)]
         return rows
+
+    async def can_read_project_data(self, project_id: str, auth: Credentials) -> bool:
+        """Whether the caller may read the project's data, not only see it listed.
+
+        XNAT lists every protected project to every user (``ProjectListResource``), but answers
+        ``/data/projects/{ID}/subjects`` with 403 unless the caller may read its subjects
+        (``ProjectSubjectList.represent``: ``Permissions.canRead(user, xnat:subjectData, ...)``);
+        404 when the caller cannot see the project at all.
+        """
+        path = f"/data/projects/{_seg(project_id, 'project id')}/subjects"
+        try:
+            resp = await self._request("GET", path, auth, params={"format": "json", "columns": "ID"}, idempotent=True)
+        except (XnatForbidden, XnatNotFound):
+            return False
+        d = self._json(resp)
+        self._expect(isinstance(d, dict) and isinstance(d.get("ResultSet"), dict), "ResultSet", resp)
+        return True
 
     async def user_options(self, username: str, servername: str, auth: Credentials) -> dict:
         """Launch options XNAT stored when the user clicked "Start Jupyter".

@@ -14,9 +14,17 @@ Deliberate choices where XNAT leaves room:
 
 * A request without any credentials gets 401 everywhere (XNAT would treat it as guest, which
   is 401 or 403 depending on the endpoint; 401 is what a client must handle anyway).
-* An ``Authorization: Basic`` header wins over a ``JSESSIONID`` cookie, as in Spring Security;
-  a live session wins over a ``Bearer`` header (the OpenID plugin's
-  ``BearerTokenAuthenticationFilter`` skips requests already authenticated).
+* A live ``JSESSIONID`` of the user a Basic header names wins over the header (no new
+  session, no login); a header naming another user authenticates anew
+  (``XnatBasicAuthenticationFilter.authenticationIsRequired``). A live session also wins over a
+  ``Bearer`` header (the OpenID plugin's ``BearerTokenAuthenticationFilter`` skips requests
+  already authenticated).
+* Sessions: 15 minutes idle (``SiteConfigPreferences.sessionTimeout``); at most
+  ``concurrent_max_sessions`` (default 1000, ``SiteConfigPreferences.concurrentMaxSessions``)
+  live ones per account; a login past that is a 401 that counts as a failed login
+  (``SecurityConfig.sessionAuthenticationStrategy``: ``ConcurrentSessionControlAuthentication
+  Strategy`` with ``exceptionIfMaximumExceeded(true)``; the filter's catch calls
+  ``XnatAuthenticationFilter.logFailedAttempt``), so 20 of them lock the account.
 * Password login matches the username case-insensitively (exact spelling first) and every
   answer uses XNAT's own spelling; all other lookups (paths, Bearer) are exact.
 """
@@ -74,6 +82,11 @@ ENDPOINTS = (
     "pref",
     "user_options",
     "build_info",
+    "project_subjects",
+    "root",
+    "data_auth",
+    "schemas",
+    "search_elements",
 )
 FAULT_KINDS = ("drop", "slow", "error", "html", "garbage")
 AUTH_KINDS = ("basic-password", "basic-token", "session", "bearer", "none")
@@ -83,6 +96,10 @@ _PROJECT_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _SECRET_IN_PATH = re.compile(r"(/tokens/(?:validate|invalidate)/[^/?#]+/)[^/?#]+")
 _SECRET_ALPHABET = string.ascii_letters + string.digits
 _MAX_SESSIONS = 10_000
+#: XNAT's shared-data tree of a launch (xnat-web ``FileUtils.SHARED_PROJECT_DIRECTORY_STRING``,
+#: plugin ``JupyterHubPreferences.SHARED_PROJECT_STRING``)
+SHARED_DIR = "SHARED.PROJECT.DATA.STORAGE.DIRECTORY"
+SHARED_JUPYTER = "jupyter-notebooks"
 
 
 def redact_path(path: str) -> str:
@@ -163,6 +180,18 @@ class _Project:
     readers: set[str] = field(default_factory=set)
     owners: set[str] = field(default_factory=set)
     public: bool = False
+    #: listed to every user, data closed to non-members (XNAT's "protected" accessibility)
+    protected: bool = False
+    #: (ID, label) of its own subjects
+    subjects: list = field(default_factory=list)
+    #: experiments shared into it: (origin project, label)
+    shared_in: list = field(default_factory=list)
+
+
+@dataclass
+class _Session:
+    username: str
+    last_used: float
 
 
 def _hash(salt: bytes, password: str) -> bytes:
@@ -205,6 +234,8 @@ class XnatEmulator:
         site_workspace_path: str = "/data/xnat/workspaces",
         site_url: str | None = None,
         clock: Callable[[], float] = time.time,
+        concurrent_max_sessions: int = 1000,
+        session_timeout: float = 900.0,
     ):
         self.root = Path(root)
         self.archive_root = self.root / "archive"
@@ -217,13 +248,19 @@ class XnatEmulator:
         self.site_workspace_path = site_workspace_path.rstrip("/")
         self._site_url = site_url
         self.clock = clock
+        #: live sessions allowed per account (SiteConfigPreferences.concurrentMaxSessions)
+        self.concurrent_max_sessions = int(concurrent_max_sessions)
+        #: idle seconds before a session ends (SiteConfigPreferences.sessionTimeout, 15 min)
+        self.session_timeout = float(session_timeout)
         self.demo_passwords: dict[str, str] = {}
 
         self._lock = threading.RLock()
         self._users: dict[str, _User] = {}
         self._projects: dict[str, _Project] = {}
         self._tokens: dict[str, dict] = {}
-        self._sessions: dict[str, str] = {}
+        self._sessions: dict[str, _Session] = {}
+        #: sessions opened per account since the last reset
+        self.sessions_opened: dict[str, int] = {}
         self._lockouts: dict[str, _Lock] = {}
         self._prefs: dict[str, Any] = {}
         self._options: dict[tuple[str, str], dict] = {}
@@ -433,12 +470,14 @@ class XnatEmulator:
         readers: Iterable[str] = (),
         owners: Iterable[str] = (),
         public: bool = False,
+        protected: bool = False,
         dicom_files: Iterable[Path] = (),
     ) -> dict:
         """Create (or replace) a project and its archive directories on disk.
 
         ``archive_root/ID/arc001/ID_E00001/SCANS/1/DICOM/`` gets copies of ``dicom_files``;
-        ``resources/`` a README; ``subjects/`` stays empty.
+        ``resources/`` a README; ``subjects/ID_S00001/`` a README (one subject, ``ID_S00001``).
+        ``protected``: listed to everyone, data only for members; ``public``: data for all.
         """
         if not isinstance(project_id, str) or not _PROJECT_ID.match(project_id):
             raise ValueError(f"invalid XNAT project id {project_id!r}")
@@ -448,7 +487,8 @@ class XnatEmulator:
         dicom_dir = pdir / "arc001" / f"{project_id}_E00001" / "SCANS" / "1" / "DICOM"
         dicom_dir.mkdir(parents=True)
         (pdir / "resources").mkdir()
-        (pdir / "subjects").mkdir()
+        (pdir / "subjects" / f"{project_id}_S00001").mkdir(parents=True)
+        (pdir / "subjects" / f"{project_id}_S00001" / "notes.txt").write_text(f"subject of {project_id}\n")
         for f in dicom_files:
             shutil.copyfile(f, dicom_dir / Path(f).name)
         (pdir / "resources" / "README.txt").write_text(
@@ -464,7 +504,10 @@ class XnatEmulator:
             "URI": f"/data/projects/{project_id}",
         }
         with self._lock:
-            self._projects[project_id] = _Project(record, set(readers), set(owners), public)
+            self._projects[project_id] = _Project(
+                record, set(readers), set(owners), public, protected,
+                subjects=[(f"XNAT_S{self._next_user_id * 1000 + len(self._projects) + 1:05d}", f"{project_id}_S00001")],
+            )
         return dict(record)
 
     def grant(self, username: str, project_id: str):
@@ -477,6 +520,18 @@ class XnatEmulator:
             p = self._projects[project_id]
             p.readers.discard(username)
             p.owners.discard(username)
+
+    def share_experiment(self, from_project: str, to_project: str, label: str | None = None):
+        """Share an experiment of ``from_project`` into ``to_project`` (default: its first one).
+
+        From then on XNAT's launches of ``to_project`` mount the shared-data tree
+        (``XnatProjectdata.getProjectHasSharedExperiments``).
+        """
+        label = label or f"{from_project}_E00001"
+        if not (self.archive_root / from_project / "arc001" / label).is_dir():
+            raise KeyError(f"no experiment {label!r} in {from_project!r}")
+        with self._lock:
+            self._projects[to_project].shared_in.append((from_project, label))
 
     def set_preference(self, name: str, value):
         with self._lock:
@@ -550,6 +605,18 @@ class XnatEmulator:
 
     # -- the JupyterHub plugin's user-options --------------------------------------------
 
+    #: the hardware config the emulator uses when a test names none: what a small test
+    #: machine can schedule (plugin ``Hardware`` model field names)
+    DEFAULT_HARDWARE = {
+        "cpuLimit": 1.0,
+        "cpuReservation": 0.1,
+        "memoryLimit": "1G",
+        "memoryReservation": "128M",
+        "environmentVariables": [],
+        "genericResources": [],
+        "constraints": [],
+    }
+
     def store_user_options(
         self,
         username: str,
@@ -559,15 +626,30 @@ class XnatEmulator:
         xsi_type: str = "xnat:projectData",
         item_id: str | None = None,
         image: str = "xnat/datascience-notebook:latest",
+        compute_environment: dict | None = None,
+        hardware: dict | None | object = ...,
+        dashboard_command: str | None = None,
         task_template_overrides: dict | None = None,
         raw: dict | None = None,
     ) -> dict:
         """Store what XNAT stores when ``username`` clicks "Start Jupyter" (reference 01).
 
-        A fresh alias token of the user goes into the env; mount sources use the site paths
-        (XNAT's own view); the user's workspace directory is created on disk. ``raw`` stores
-        an arbitrary body verbatim instead (hostile-input tests). Resources default to what a
-        small test machine can schedule, and no placement constraint.
+        Follows the plugin's ``DefaultUserOptionsService.storeUserOptions`` and
+        ``toTaskTemplate``: ``compute_environment`` (the ``ComputeEnvironment`` model: ``image``,
+        ``command``, ``environmentVariables`` ``[{key, value}]``, ``mounts`` ``[{volumeName,
+        localPath, containerPath, readOnly}]``) gives the image, command, env and its mounts
+        (``type`` "volume" when ``volumeName`` is set, source ``localPath``, untranslated);
+        ``hardware`` (the ``Hardware`` model; ``None``: no hardware values, every resource
+        null) gives resources, env and constraints; a dashboard's command replaces the
+        environment's (``DefaultDashboardJobTemplateService.resolve``). XNAT's own variables
+        go on top. A project with experiments shared into it is mounted as ONE shared-data
+        tree XNAT builds for this launch (``getProjectPaths`` with an ``eventTrackingId``,
+        ``FileUtils.createDirectoryForSharedData``: copies here); otherwise its
+        ``arc001``/``resources``/``subjects``. Sources are XNAT's own paths
+        (``site_archive_path``; the emulator applies no translation).
+
+        A fresh alias token of the user goes into the env; the workspace is created on disk.
+        ``raw`` stores an arbitrary body verbatim instead (hostile-input tests).
         """
         key = (username, servername)
         if raw is not None:
@@ -582,53 +664,66 @@ class XnatEmulator:
             if project_id not in self._projects:
                 raise KeyError(f"unknown project {project_id!r}")
             uid = u.id
+            shared_in = list(self._projects[project_id].shared_in)
+        env_spec = {"image": image, "command": None, "environmentVariables": [], "mounts": []}
+        env_spec.update(compute_environment or {})
+        hw = dict(self.DEFAULT_HARDWARE) if hardware is ... else (hardware or {})
         tok = self.mint_token(username)
         ws = self.workspace_root / "users" / username  # username checked by add_user
         ws.mkdir(parents=True, exist_ok=True)
         home = f"/workspace/{username}"
         item = item_id or project_id
-        arch = f"{self.site_archive_path}/{project_id}"
         now = _dt.datetime.fromtimestamp(self.clock(), _dt.timezone.utc)
         tracking = now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
 
-        def ro(sub: str, src: str) -> dict:
-            return {"target": f"/data/projects/{project_id}/{sub}", "source": f"{arch}/{src}", "type": "bind", "read_only": True}
-
+        # toTaskTemplate: compute environment + hardware env (hardware wins), then its mounts
+        env = {e["key"]: e["value"] for e in env_spec.get("environmentVariables") or []}
+        env.update({e["key"]: e["value"] for e in hw.get("environmentVariables") or []})
+        mounts = [
+            {
+                "target": m["containerPath"],
+                "source": m["localPath"],
+                "type": "volume" if m.get("volumeName") else "bind",
+                "read_only": bool(m.get("readOnly")),
+            }
+            for m in env_spec.get("mounts") or []
+        ]
+        constraints = []
+        for c in hw.get("constraints") or []:
+            op = "!=" if str(c.get("operator", "IN")).upper() == "NOT_IN" else "=="
+            constraints += [f"{c['key']}{op}{v}" for v in c.get("values", [])]
+        generic = {g["name"]: g["value"] for g in hw.get("genericResources") or []}
+        # storeUserOptions: the workspace, then the data paths, then XNAT's own variables
+        mounts.append({"target": home, "source": f"{self.site_workspace_path}/users/{username}",
+                       "type": "bind", "read_only": False})
+        mounts += self._data_mounts(project_id, tracking, shared_in)
+        env.update({
+            "XNAT_HOST": self.site_url,
+            "XNAT_USER": tok["alias"],
+            "XNAT_PASS": tok["secret"],
+            "XNAT_DATA": "/data",
+            "XNAT_XSI_TYPE": xsi_type,
+            "XNAT_ITEM_ID": item,
+            "JUPYTERHUB_ROOT_DIR": home,
+            "XDG_CONFIG_HOME": home,
+        })
         template = {
             "container_spec": {
-                "image": image,
-                "command": None,
-                "env": {
-                    "XNAT_HOST": self.site_url,
-                    "XNAT_USER": tok["alias"],
-                    "XNAT_PASS": tok["secret"],
-                    "XNAT_DATA": "/data",
-                    "XNAT_XSI_TYPE": xsi_type,
-                    "XNAT_ITEM_ID": item,
-                    "JUPYTERHUB_ROOT_DIR": home,
-                    "XDG_CONFIG_HOME": home,
-                },
+                "image": env_spec.get("image"),
+                "command": dashboard_command or env_spec.get("command"),
+                "env": env,
                 "labels": {},
-                "mounts": [
-                    {
-                        "target": home,
-                        "source": f"{self.site_workspace_path}/users/{username}",
-                        "type": "bind",
-                        "read_only": False,
-                    },
-                    ro("experiments", "arc001"),
-                    ro("resources", "resources"),
-                    ro("subjects", "subjects"),
-                ],
+                "mounts": mounts,
             },
+            # Resources is @JsonInclude(ALWAYS): hardware without values gives explicit nulls
             "resources": {
-                "cpu_limit": 1.0,
-                "cpu_reservation": 0.1,
-                "mem_limit": "1G",
-                "mem_reservation": "128M",
-                "generic_resources": {},
+                "cpu_limit": hw.get("cpuLimit"),
+                "cpu_reservation": hw.get("cpuReservation"),
+                "mem_limit": hw.get("memoryLimit"),
+                "mem_reservation": hw.get("memoryReservation"),
+                "generic_resources": generic,
             },
-            "placement": {"constraints": []},
+            "placement": {"constraints": constraints},
         }
         if task_template_overrides:
             template = _deep_merge(template, task_template_overrides)
@@ -645,6 +740,29 @@ class XnatEmulator:
             self._options[key] = copy.deepcopy(body)
             self._options_raw.discard(key)
         return body
+
+    def _data_mounts(self, project_id: str, tracking: str, shared_in: list) -> list[dict]:
+        arch = f"{self.site_archive_path}/{project_id}"
+        if not shared_in:
+            return [
+                {"target": f"/data/projects/{project_id}/{sub}", "source": f"{arch}/{src}", "type": "bind",
+                 "read_only": True}
+                for sub, src in (("experiments", "arc001"), ("resources", "resources"), ("subjects", "subjects"))
+            ]
+        # FileUtils.getAllSharedPaths(removeArcs, addExperimentLabel): experiments/{label}/...,
+        # subjects/{label}/..., resources/...; createDirectoryForSharedData under
+        # {archive}/SHARED.PROJECT.DATA.STORAGE.DIRECTORY/jupyter-notebooks/{eventTrackingId}
+        tree = self.archive_root / SHARED_DIR / SHARED_JUPYTER / tracking
+        own = self.archive_root / project_id
+        pairs = [(own / "arc001" / e.name, tree / "experiments" / e.name) for e in (own / "arc001").iterdir()]
+        pairs += [(self.archive_root / p / "arc001" / label, tree / "experiments" / label) for p, label in shared_in]
+        pairs += [(own / "subjects", tree / "subjects"), (own / "resources", tree / "resources")]
+        for src, dst in pairs:
+            if src.is_dir():
+                shutil.copytree(src, dst, dirs_exist_ok=True)
+        return [{"target": f"/data/projects/{project_id}",
+                 "source": f"{self.site_archive_path}/{SHARED_DIR}/{SHARED_JUPYTER}/{tracking}",
+                 "type": "bind", "read_only": True}]
 
     def clear_user_options(self, username: str | None = None, servername: str | None = None):
         """Forget stored options: of one server, of all a user's servers (``servername=None``),
@@ -908,6 +1026,7 @@ class XnatEmulator:
             for row in self._auth_map.values():
                 row.failures, row.locked_until = 0, None
             self._sessions.clear()
+            self.sessions_opened = {}
             self.calls = []
             self.bearer_refusals = []
             self._uris.clear()
@@ -1004,8 +1123,20 @@ class XnatEmulator:
             st.locked_until = None
             st.failures = 0
 
-    def _password_login(self, username: str, password: str) -> str | None:
-        """Canonical username on success; None (one generic failure) otherwise."""
+    def _record_failure(self, username: str):
+        """XnatAuthenticationFilter.logFailedAttempt: one more failure; the threshold locks."""
+        with self._lock:
+            st = self._lockouts.setdefault(username, _Lock())
+            st.failures += 1
+            if st.failures >= self.lockout_threshold:
+                st.locked_until = self.clock() + self.lockout_seconds
+
+    def _password_login(self, username: str, password: str, *, commit: bool = True) -> str | None:
+        """Canonical username on success; None (one generic failure) otherwise.
+
+        ``commit=False``: the password is right but the login may still fail on the session
+        cap, so the failure counter is reset (and the login recorded) by :meth:`_login_done`.
+        """
         with self._lock:
             u = self._find_user_ci(username)
             if u is None:
@@ -1021,9 +1152,19 @@ class XnatEmulator:
                 return None
             if not (u.enabled and u.verified):
                 return None
-            st.failures = 0
-            u.last_login_ms = _ms(self.clock())
+            if commit:
+                self._login_done(u.username)
             return u.username
+
+    def _login_done(self, username: str):
+        """A successful login resets the failure counter (the only thing that does)."""
+        with self._lock:
+            st = self._lockouts.get(username)
+            if st is not None:
+                st.failures = 0
+            u = self._users.get(username)
+            if u is not None:
+                u.last_login_ms = _ms(self.clock())
 
     def _token_login(self, alias: str, secret: str) -> str | None:
         owner = self.token_owner(alias, secret)
@@ -1039,21 +1180,63 @@ class XnatEmulator:
     def _basic_login(self, username: str, password: str) -> tuple[str | None, str]:
         if _UUID.match(username):
             return self._token_login(username.lower(), password), "basic-token"
-        return self._password_login(username, password), "basic-password"
+        return self._password_login(username, password, commit=False), "basic-password"
 
-    def _new_session(self, username: str) -> str:
+    def _expire_sessions(self):
+        # the servlet container's idle timeout (SiteConfigPreferences.sessionTimeout)
+        now = self.clock()
+        for sid in [k for k, v in self._sessions.items() if now - v.last_used > self.session_timeout]:
+            del self._sessions[sid]
+
+    def live_sessions(self, username: str) -> int:
+        with self._lock:
+            self._expire_sessions()
+            return sum(1 for v in self._sessions.values() if v.username == username)
+
+    def _new_session(self, username: str, *, failure_name: str | None = None) -> str | None:
+        """A new session of ``username``; None past ``concurrent_max_sessions`` live ones.
+
+        ConcurrentSessionControlAuthenticationStrategy(exceptionIfMaximumExceeded=true) refuses
+        the login, and XnatBasicAuthenticationFilter logs it as a failed attempt of the name
+        that was sent (``failure_name``; an alias names no account, so it counts for none).
+        """
         sid = secrets.token_hex(16).upper()
         with self._lock:
-            if len(self._sessions) >= _MAX_SESSIONS:
-                self._sessions.pop(next(iter(self._sessions)))
-            self._sessions[sid] = username
+            self._expire_sessions()
+            live = sum(1 for v in self._sessions.values() if v.username == username)
+            if live >= self.concurrent_max_sessions:
+                refused = True
+            else:
+                refused = False
+                if len(self._sessions) >= _MAX_SESSIONS:
+                    self._sessions.pop(next(iter(self._sessions)))
+                self._sessions[sid] = _Session(username, self.clock())
+                self.sessions_opened[username] = self.sessions_opened.get(username, 0) + 1
+        if refused:
+            if failure_name is not None:
+                u = self._find_user_ci(failure_name)
+                self._record_failure(u.username if u else failure_name)
+            return None
         return sid
 
     def _session_user(self, sid: str) -> str | None:
         with self._lock:
-            name = self._sessions.get(sid)
-            u = self._users.get(name) if name else None
-            return u.username if u is not None and u.enabled and u.verified else None
+            self._expire_sessions()
+            sess = self._sessions.get(sid)
+            u = self._users.get(sess.username) if sess else None
+            if u is None or not (u.enabled and u.verified):
+                return None
+            sess.last_used = self.clock()
+            return u.username
+
+    def _basic_name_is(self, name: str, username: str) -> bool:
+        """XnatBasicAuthenticationFilter.authenticationIsRequired: the Basic name is the
+        session's user, or an alias of a token of that user (``locateToken``: secret unchecked)."""
+        if name == username:
+            return True
+        with self._lock:
+            rec = self._tokens.get(name.lower()) if _UUID.match(name) else None
+            return rec is not None and rec["xdatUserId"] == username
 
     def _end_session(self, sid: str):
         with self._lock:
@@ -1158,17 +1341,40 @@ class XnatEmulator:
             return self._users.get(name)
 
     def _can_read(self, username: str, project_id: str, *, accessible: bool = False) -> bool:
+        """READ on the project's data: admins, members, owners; public projects for all."""
         with self._lock:
             p = self._projects.get(project_id)
             u = self._users.get(username)
             if p is None or u is None:
                 return False
-            return u.is_admin or username in p.readers or username in p.owners or (accessible and p.public)
+            return u.is_admin or username in p.readers or username in p.owners or p.public
+
+    def _can_see(self, username: str, project_id: str) -> bool:
+        """READ on xnat:projectData: data readers, and every user for a protected project."""
+        with self._lock:
+            p = self._projects.get(project_id)
+            return p is not None and (self._can_read(username, project_id) or (p.protected and username in self._users))
 
     def _project_rows(self, username: str, *, accessible: bool) -> list[dict]:
+        """ProjectListResource: the default listing (and ``accessible=true``) holds every
+        project the caller may see: its own, and every public and protected one."""
         with self._lock:
             ids = sorted(self._projects)
-            return [dict(self._projects[i].record) for i in ids if self._can_read(username, i, accessible=accessible)]
+            return [dict(self._projects[i].record) for i in ids if self._can_see(username, i)]
+
+    def _subject_rows(self, username: str, project_id: str) -> list[dict] | int:
+        """ProjectSubjectList.represent: 404 unseen project, 403 without READ on its subjects."""
+        with self._lock:
+            if not self._can_see(username, project_id):
+                return 404
+            if not self._can_read(username, project_id):
+                return 403
+            p = self._projects[project_id]
+            return [
+                {"ID": sid, "project": project_id, "label": label, "insert_date": "", "insert_user": "",
+                 "URI": f"/data/subjects/{sid}"}
+                for sid, label in p.subjects
+            ]
 
     def _stored_options(self, username: str, servername: str) -> dict | None:
         with self._lock:
@@ -1176,7 +1382,7 @@ class XnatEmulator:
             body = self._options.get(key)
             if body is None:
                 return None
-            readable = self._can_read(username, body.get("projectId", ""), accessible=True)
+            readable = self._can_read(username, body.get("projectId", ""))
             if key not in self._options_raw and not readable:
                 return None  # the user can no longer read the item (public projects: everyone can)
             return copy.deepcopy(body)

@@ -146,6 +146,11 @@ class XnatHandler(web.RequestHandler):
         self.send_json(GENERIC_401, 401)
         raise web.Finish()
 
+    def _live_session(self) -> tuple[str, str] | None:
+        sid = self.get_cookie("JSESSIONID")
+        user = self.emu._session_user(sid) if sid else None
+        return (sid, user) if user else None
+
     async def login(self):
         authz = self.request.headers.get("Authorization")
         if authz:
@@ -160,11 +165,22 @@ class XnatHandler(web.RequestHandler):
                 name, sep, secret = raw.partition(":")
                 if not sep:
                     self.unauthorized()
+                live = self._live_session()
+                if live is not None and self.emu._basic_name_is(name, live[1]):
+                    # XnatBasicAuthenticationFilter.authenticationIsRequired: the session's
+                    # user is already authenticated; the header is not checked again
+                    self.auth_kind = "session"
+                    self.session_id, self.user = live
+                    return
                 user, self.auth_kind = self.emu._basic_login(name, secret)
                 if user is None:
                     self.unauthorized()
+                sid = self.emu._new_session(user, failure_name=None if self.auth_kind == "basic-token" else name)
+                if sid is None:
+                    self.unauthorized()  # the session cap: a 401 that counted as a failed login
+                self.emu._login_done(user)
                 self.user = user
-                self.session_id = self.emu._new_session(user)
+                self.session_id = sid
                 self.set_cookie("JSESSIONID", self.session_id, path="/", httponly=True)
                 return
             if scheme == "bearer":
@@ -267,11 +283,14 @@ class ServicesAuth(XnatHandler):
         name = self.get_body_argument("username", None) or self.get_query_argument("username", None)
         pw = self.get_body_argument("password", None) or self.get_query_argument("password", None)
         self.auth_kind = "basic-password"
-        user = self.emu._password_login(name, pw) if name and pw else None
+        user = self.emu._password_login(name, pw, commit=False) if name and pw else None
         if user is None:
             self.unauthorized()
+        sid = self.emu._new_session(user, failure_name=name)
+        if sid is None:
+            self.unauthorized()
+        self.emu._login_done(user)
         self.user = user
-        sid = self.emu._new_session(user)
         self.set_cookie("JSESSIONID", sid, path="/", httponly=True)
         self.send_text(sid)
 
@@ -287,7 +306,11 @@ class JSession(XnatHandler):
         await super().prepare()
 
     def _sid(self):
-        self.send_text(self.session_id or self.emu._new_session(self.user))
+        # a Bearer caller has no session; XNAT makes one for the JSESSION call itself
+        sid = self.session_id or self.emu._new_session(self.user)
+        if sid is None:
+            self.unauthorized()
+        self.send_text(sid)
 
     get = post = _sid
 
@@ -349,6 +372,89 @@ class Projects(XnatHandler):
     def get(self):
         accessible = self.get_query_argument("accessible", "false").lower() == "true"
         rows = self.emu._project_rows(self.user, accessible=accessible)
+        self.send_json({"ResultSet": {"Result": rows, "totalRecords": str(len(rows))}})
+
+
+class ProjectSubjects(XnatHandler):
+    """``/data/projects/{ID}/subjects``: the per-project data check the spawn hooks make."""
+
+    endpoint = "project_subjects"
+
+    def get(self, project_id):
+        rows = self.emu._subject_rows(self.user, project_id)
+        if rows == 404:
+            self.fail(404, "Not Found")
+        if rows == 403:
+            # ProjectSubjectList.represent: Permissions.canRead(user, xnat:subjectData, ...)
+            self.fail(403, f"Unable to read subjects for Project: {project_id}")
+        self.send_json({"ResultSet": {"Result": rows, "totalRecords": str(len(rows))}})
+
+
+class Root(XnatHandler):
+    """The site root. Without credentials XNAT shows its login page; with Basic credentials
+    the security filters log the caller in and the answer carries a JSESSIONID, which is
+    how xnatpy turns an alias token into a session (``xnat._create_jsession``)."""
+
+    endpoint = "root"
+    needs_login = False
+
+    async def get(self):
+        if self.request.headers.get("Authorization") or self.get_cookie("JSESSIONID"):
+            await self.login()
+        self.set_header("Content-Type", "text/html;charset=UTF-8")
+        self.finish(LOGIN_PAGE if self.user is None else "<!DOCTYPE html><html><body>XNAT</body></html>")
+
+
+class DataAuth(XnatHandler):
+    """``GET /data/auth``: XNAT answers with a sentence naming who is logged in. Its exact
+    shape here comes from the client side, not XNAT's source: xnatpy's ``check_auth`` (used
+    against real XNATs) matches ``User '(?P<username>[^<]+)' is logged in``."""
+
+    endpoint = "data_auth"
+
+    def get(self):
+        self.send_text(f"User '{self.user}' is logged in")
+
+
+class Schemas(XnatHandler):
+    """``/xapi/schemas`` (SchemaApi.getAllDataTypeSchemas: names of ``schemas/*/*.xsd``) and
+    ``/xapi/schemas/{name}`` (the schema document), which xnatpy reads to build its model."""
+
+    endpoint = "schemas"
+
+    def get(self, name=None):
+        from tests.world.xnat_schemas import SCHEMAS
+
+        if name is None:
+            self.send_json(sorted(SCHEMAS))
+            return
+        if name not in SCHEMAS:
+            self.fail(404, "Not Found")
+        self.set_header("Content-Type", "application/xml;charset=UTF-8")
+        self.finish(SCHEMAS[name])
+
+
+class SearchElements(XnatHandler):
+    """``/data/search/elements`` (SearchElementListResource) and ``.../{ELEMENT_NAME}``
+    (SearchFieldListResource, both attached in ``XNATApplication``): the searchable data
+    types and their display fields, which xnatpy
+    reads at ``connect()``. Only the types the emulator holds, with a few of XNAT's fields."""
+
+    endpoint = "search_elements"
+    FIELDS = {
+        "xnat:projectData": ["ID", "NAME", "DESCRIPTION", "SECONDARY_ID", "PI"],
+        "xnat:subjectData": ["SUBJECT_ID", "SUBJECT_LABEL", "PROJECT", "INSERT_DATE"],
+    }
+
+    def get(self, element=None):
+        if element is None:
+            rows = [{"ELEMENT_NAME": e, "PLURAL": "", "SINGULAR": "", "SECURED": "true", "COUNT": "0"}
+                    for e in self.FIELDS]
+        elif element in self.FIELDS:
+            rows = [{"FIELD_ID": f, "HEADER": f, "SUMMARY": "", "TYPE": "string", "REQUIRES_VALUE": "false",
+                     "DESC": "", "ELEMENT_NAME": element, "SRC": "0"} for f in self.FIELDS[element]]
+        else:
+            self.fail(404, "Not Found")
         self.send_json({"ResultSet": {"Result": rows, "totalRecords": str(len(rows))}})
 
 
@@ -415,7 +521,16 @@ def make_app(emu: "XnatEmulator") -> web.Application:
         (r"/xapi/users/profile/?", UsersProfile),
         (rf"/xapi/users/{seg}/roles/?", UsersRoles),
         (rf"/xapi/users/{seg}/?", UsersGet),
-        (r"/data/projects/?", Projects),
+        # XNATApplication.attachArchiveURI attaches /projects... at /archive/projects... too;
+        # xnatpy uses the /data/archive spelling
+        (r"/data(?:/archive)?/projects/?", Projects),
+        (rf"/data(?:/archive)?/projects/{seg}/subjects/?", ProjectSubjects),
+        (r"/?", Root),
+        (r"/data/auth/?", DataAuth),
+        (r"/xapi/schemas/?", Schemas),
+        (r"/data/search/elements/?", SearchElements),
+        (rf"/data/search/elements/{seg}/?", SearchElements),
+        (rf"/xapi/schemas/{seg}/?", Schemas),
         (rf"/xapi/jupyterhub/preferences/{seg}/?", Pref),
         (r"/xapi/siteConfig/buildInfo/?", BuildInfo),
         (rf"/xapi/jupyterhub/users/{seg}/server/user-options/?", UserOptions),
