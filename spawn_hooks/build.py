@@ -15,6 +15,7 @@ import os
 import ssl
 
 from jupyterhub.utils import maybe_future
+
 from xnat_oauth.auth_state import AuthStateError, XnatAuthState
 from xnat_oauth.errors import (
     ConfigError,
@@ -96,7 +97,7 @@ async def fresh_auth_state(spawner, settings: XnatSpawnHooks, raw=None) -> XnatA
     if authenticator is not None:
         try:
             result = await maybe_future(authenticator.refresh_user(user, getattr(spawner, "handler", None)))
-        except Exception as e:  # a refresh failure means "log in again", never a crash
+        except Exception as e:  # noqa: BLE001 - a refresh failure means "log in again", never a crash
             log.warning("refreshing %s failed: %s", state.username, type(e).__name__)
             result = None
         if isinstance(result, dict) and result.get("auth_state"):
@@ -144,10 +145,13 @@ async def _plan_from_xnat(spawner, settings, rules, username, servername, launch
 
 async def _plan_from_hub(spawner, settings, rules, servername, launch, raw_state) -> SpawnPlan:
     state = await fresh_auth_state(spawner, settings, raw_state)
+    token = state.token
+    if token is None:  # fresh_auth_state never returns one without a token; this tells the type checker
+        raise SpawnRefused("token_expired", log_detail="no XNAT token in auth_state")
     url = _xnat_url(settings, state)
     async with _client(settings, url) as client:
         try:
-            rows = await client.projects(state.token)
+            rows = await client.projects(token)
         except XnatError as e:
             raise _refused_from_xnat(e, user_token=True) from None
     return plan_from_projects(
@@ -156,8 +160,8 @@ async def _plan_from_hub(spawner, settings, rules, servername, launch, raw_state
         username=check_username(state.username),
         servername=servername,
         xnat_host=settings.notebook_xnat_url or state.url,
-        token_alias=state.token.alias,
-        token_secret=state.token.secret,
+        token_alias=token.alias,
+        token_secret=token.secret,
         requested_image=launch.get("image"),
         spawner_image=getattr(spawner, "image", None),
     )

@@ -100,7 +100,7 @@ def apply_kube(spawner, plan: SpawnPlan, settings: XnatSpawnHooks) -> None:
     archive_vol = "xnat-data" if same_claim else "xnat-archive"
     workspace_vol = "xnat-data" if same_claim else "xnat-workspace"
     mounts, used = [], set()
-    for i, m in enumerate(plan.mounts):
+    for m in plan.mounts:
         if m.kind == "archive":
             vol, sub = archive_vol, _subpath(m.source, settings.kube_archive_claim_root, "archive")
         elif m.kind == "workspace":

@@ -25,6 +25,9 @@ from joserfc import jwk, jwt
 
 from tests.world.xnat_bearer import xnat_username
 
+# the XNAT emulator itself, not the product
+pytestmark = pytest.mark.world
+
 REPO = Path(__file__).resolve().parents[1]
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
