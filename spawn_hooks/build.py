@@ -227,7 +227,7 @@ async def build_plan(spawner, settings: XnatSpawnHooks | None = None) -> SpawnPl
         except SpawnRefused as refused:
             if not (settings.allow_start_without_data and refused.reason in SOFT_REASONS):
                 raise
-            log.warning("starting %s without XNAT data: %s", username, refused.log_message)
+            log.warning("starting %s without XNAT data: %s", username, refused.log_text)
             env = {"XNAT_HOST": settings.notebook_xnat_url or (state.url if state else settings.xnat_url)}
             plan = plan_without_data(
                 rules=rules,

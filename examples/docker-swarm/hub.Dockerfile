@@ -6,7 +6,7 @@
 #     -t xnat-oauth/jupyterhub:latest .
 #
 # JH_UID/JH_GID as in xnat2jupyterhub: XNAT's uid and the docker group's gid on the manager.
-# xnat-oauth supports JupyterHub >=5.0,<7 (tests/test_examples.py checks JUPYTERHUB_VERSION).
+# xnat-oauth supports JupyterHub >=5.3,<7 (tests/test_examples.py checks JUPYTERHUB_VERSION).
 ARG JUPYTERHUB_VERSION=5.5.0
 FROM quay.io/jupyterhub/jupyterhub:${JUPYTERHUB_VERSION}
 ARG JUPYTERHUB_VERSION

@@ -8,7 +8,7 @@
 # then name it in values.yaml (hub.image). Keep Z2JH_VERSION equal to the chart version you
 # install, so the hub image matches the chart's configuration files, and JUPYTERHUB_VERSION equal
 # to the JupyterHub that chart version ships (z2jh changelog: "4.4.0 upgrades JupyterHub to
-# 5.5.0"). xnat-oauth supports JupyterHub >=5.0,<7; tests/test_examples.py checks both.
+# 5.5.0"). xnat-oauth supports JupyterHub >=5.3,<7; tests/test_examples.py checks both.
 ARG Z2JH_VERSION=4.4.0
 FROM quay.io/jupyterhub/k8s-hub:${Z2JH_VERSION}
 ARG JUPYTERHUB_VERSION=5.5.0
