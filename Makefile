@@ -47,7 +47,8 @@ lint: $(PIP_STAMP)
 # dist/: the sdist and the wheel, from scratch. The images and the release install this wheel.
 wheel: $(PIP_STAMP)
 	rm -rf dist
-	$(PY) -m build -q --dependency-constraints-txt $(CONSTRAINTS) . >/dev/null
+	@$(PY) -m build --dependency-constraints-txt $(CONSTRAINTS) . >$(VENV)/build.log 2>&1 \
+	  || { cat $(VENV)/build.log; echo "make wheel: python -m build failed (log above)"; exit 1; }
 	@ls dist
 
 # The whole suite against the built wheel, installed fresh, on the newest and the oldest
