@@ -39,10 +39,14 @@ $(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# ruff (lint) and mypy (types) on the package, as configured in pyproject.toml.
+# ruff (lint) and mypy (types) on the package, as configured in pyproject.toml; both always run.
 lint: $(PIP_STAMP)
-	$(VENV)/bin/ruff check --quiet xnat_oauth spawn_hooks
-	$(VENV)/bin/mypy xnat_oauth spawn_hooks
+	@status=0; \
+	echo "ruff check xnat_oauth spawn_hooks"; \
+	$(VENV)/bin/ruff check --quiet --output-format concise xnat_oauth spawn_hooks || status=1; \
+	echo "mypy xnat_oauth spawn_hooks"; \
+	$(VENV)/bin/mypy xnat_oauth spawn_hooks || status=1; \
+	exit $$status
 
 # dist/: the sdist and the wheel, from scratch. The images and the release install this wheel.
 wheel: $(PIP_STAMP)
