@@ -56,12 +56,19 @@ main() {
   "$PYTHON" -m venv "$venv"
   pip_quiet install -q -c "$constraints" pip
   pip_quiet install -q -c "$constraints" "$wheel[test,docker,kube,docs]"
-  pip_quiet check >/dev/null
+  # every installed distribution's requirements are met (pip check says which are not)
+  local broken
+  broken=$(pip_quiet check) || { echo "$broken" >&2; return 1; }
 
-  # The checkout minus the package. __pycache__ from a developer's editable runs is left behind.
+  # The checkout minus the package (and what is built or installed). __pycache__ from a
+  # developer's editable runs is left behind.
   mkdir -p "$tree"
-  for item in tests scripts benchmarks examples docs requirements mkdocs.yml pyproject.toml README.md CHANGELOG.md LICENSE \
-    package.json package-lock.json .dockerignore; do
+  local item
+  for item in "$repo"/* "$repo"/.[!.]*; do
+    case "$(basename "$item")" in
+      xnat_oauth | spawn_hooks | .git | .venv* | node_modules | dist | build | site | .demo | .world | *.egg-info \
+        | .pytest_cache | .mypy_cache | .ruff_cache | jupyterhub_cookie_secret | jupyterhub.sqlite) continue ;;
+    esac
     cp -a "$item" "$tree/"
   done
   find "$tree" -name __pycache__ -type d -prune -exec rm -rf {} +

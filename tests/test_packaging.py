@@ -45,7 +45,9 @@ def test_the_package_under_test_is_the_installed_wheel():
     info = json.loads(direct_url or "{}")
     assert not info.get("dir_info", {}).get("editable"), info
     assert info.get("url", "").endswith(".whl"), info
+    # the tests run from a copy of the checkout without the package
     assert not (ROOT / "xnat_oauth").exists() and not (ROOT / "spawn_hooks").exists()
+    assert (ROOT / "tests" / "world").is_dir() and (ROOT / ".github" / "workflows").is_dir()
 
 
 @needs_wheel
