@@ -22,6 +22,7 @@ import time
 import weakref
 
 from jupyterhub.utils import maybe_future
+
 from xnat_oauth.auth_state import AuthStateError, XnatAuthState
 from xnat_oauth.errors import (
     ConfigError,
@@ -165,7 +166,7 @@ async def fresh_auth_state(spawner, settings: XnatSpawnHooks, raw=None) -> XnatA
     if authenticator is not None:
         try:
             result = await maybe_future(authenticator.refresh_user(user, getattr(spawner, "handler", None)))
-        except Exception as e:  # a refresh failure means "log in again", never a crash
+        except Exception as e:  # noqa: BLE001 - a refresh failure means "log in again", never a crash
             log.warning("refreshing %s failed: %s", state.username, type(e).__name__)
             result = None
         if isinstance(result, dict) and result.get("auth_state"):
@@ -213,6 +214,9 @@ async def _plan_from_xnat(spawner, settings, rules, username, servername, launch
 
 async def _plan_from_hub(spawner, settings, rules, servername, launch, raw_state) -> SpawnPlan:
     state = await fresh_auth_state(spawner, settings, raw_state)
+    token = state.token
+    if token is None:  # fresh_auth_state never returns one without a token; this tells the type checker
+        raise SpawnRefused("token_expired", log_detail="no XNAT token in auth_state")
     url = _xnat_url(settings, state)
     client = _client(settings, url)
     try:
@@ -322,7 +326,7 @@ async def build_plan(spawner, settings: XnatSpawnHooks | None = None) -> SpawnPl
         except SpawnRefused as refused:
             if not (settings.allow_start_without_data and refused.reason in SOFT_REASONS):
                 raise
-            log.warning("starting %s without XNAT data: %s", username, refused.log_message)
+            log.warning("starting %s without XNAT data: %s", username, refused.log_text)
             env = {"XNAT_HOST": settings.notebook_xnat_url or (state.url if state else settings.xnat_url)}
             plan = plan_without_data(
                 rules=rules,

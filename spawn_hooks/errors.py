@@ -1,9 +1,10 @@
 """Why a spawn was refused, in words the spawn page can show.
 
 JupyterHub shows a pre-spawn-hook exception to the user through ``jupyterhub_message`` (the
-"not running" page and the progress stream) and ``SpawnException.message``; it logs
-``log_message``. :class:`SpawnRefused` sets all of them, so the user reads one short sentence
-and the admin's log carries the detail. Neither ever contains a token, secret or password.
+"not running" page and the progress stream) and ``SpawnException.message`` (JupyterHub 6; on 5,
+the REST API shows an HTTPError's ``log_message``); it logs ``log_message`` (6) or ``str()`` (5).
+:class:`SpawnRefused` sets each of them, so the user reads one short sentence and the admin's
+log carries the detail (``log_text``). Neither ever contains a token, secret or password.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from tornado import web
 
 try:  # jupyterhub >= 6: metrics and log handling know this class
     from jupyterhub.spawner import SpawnException as _Base
-except ImportError:  # pragma: no cover - jupyterhub 5
+except ImportError:  # jupyterhub 5
     _Base = None
 
 from xnat_oauth.errors import XnatOAuthError
@@ -70,15 +71,19 @@ class SpawnRefused(_SpawnRefusedBase):
         log_message = f"spawn refused ({reason}): {log_detail or detail or base}"
         if _Base is not None:
             super().__init__(message, reason=reason, log_message=log_message, status_code=status)
-        else:  # pragma: no cover - jupyterhub 5
-            web.HTTPError.__init__(self, status, "%s", log_message, reason=reason)
-            self.message, self.log_message = message, log_message
+        else:  # jupyterhub 5 (CI's oldest leg): no SpawnException. Its REST API answers with an
+            # HTTPError's log_message, so that carries the user's sentence (tornado 6.6 makes it
+            # read-only); the hub's log gets str(self), the detail.
+            web.HTTPError.__init__(self, status, message, reason=reason)
+            self.message = message
+        #: what the hub's log gets (also str(self)); never a token, secret or password
+        self.log_text = log_message
         #: what JupyterHub's pages and progress stream show
         self.jupyterhub_message = message
         self.detail = detail
 
     def __str__(self) -> str:
-        return self.log_message
+        return self.log_text
 
 
 class PlanError(XnatOAuthError):

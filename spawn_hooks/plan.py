@@ -151,7 +151,7 @@ class SpawnPlan:
 
 def _fail(log: str, user: str, reason: str = "invalid_launch_options") -> PlanError:
     err = PlanError(log, user_message=user)
-    err.reason = reason  # type: ignore[attr-defined]
+    err.reason = reason
     return err
 
 
@@ -489,7 +489,9 @@ def _mounts_from(raw: Any, rules: Rules, username: str, legacy: bool,
 
 def is_xnat_launch(user_options: Mapping[str, Any] | None) -> bool:
     """True when the hub's user_options are the body XNAT's plugin POSTs to start a server."""
-    return bool(user_options) and any(user_options.get(k) for k in LAUNCH_KEYS)
+    if not user_options:
+        return False
+    return any(user_options.get(k) for k in LAUNCH_KEYS)
 
 
 def plan_from_launch(

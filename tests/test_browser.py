@@ -230,6 +230,7 @@ class _FakeRoute:
         self.outcome = "aborted"
 
 
+@pytest.mark.world  # the browser's loopback guard, not the product
 def test_the_loopback_guard_aborts_every_other_host_and_fails_the_test():
     guard = LoopbackGuard()
     idp = "http://127.0.0.1:9/interaction/x"

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+from importlib import metadata
 from importlib.metadata import entry_points
 from pathlib import Path
 from unittest import mock
@@ -31,6 +32,9 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_asyncio.client import ApiClient
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 from traitlets.config import Config, PyFileConfigLoader
 
 import kubespawner.spawner as ks
@@ -134,6 +138,7 @@ def test_values_validate_against_the_charts_schema(values_validator, overlay):
         (("ingress", "annotations", "nginx.ingress.kubernetes.io/proxy-buffer-size"), 16),
     ],
 )
+@pytest.mark.world  # the vendored chart schema, not our values
 def test_the_schema_refuses_broken_values(values_validator, path, value):
     values = chart_values("values-aaf.yaml")
     node = values
@@ -161,7 +166,88 @@ def test_hub_image_is_the_charts_image_plus_the_package():
     assert re.search(r"^FROM quay\.io/jupyterhub/k8s-hub:\$\{Z2JH_VERSION\}$", dockerfile, re.M)
     version = re.search(r"^ARG Z2JH_VERSION=(\d+)\.\d+\.\d+$", dockerfile, re.M)
     assert version and version[1] == "4"
-    assert '"xnat-oauth[kube]"' in dockerfile
+    assert installed_wheel_extra(dockerfile) == "kube"
+
+
+# The JupyterHub each zero-to-jupyterhub chart version ships in its hub image, from the chart's
+# changelog (jupyterhub/zero-to-jupyterhub-k8s docs/source/changelog.md). A new chart version in
+# the Dockerfile needs its line here, so the image's JupyterHub is always a known one.
+Z2JH_JUPYTERHUB = {
+    "4.3.5": "5.4.6",
+    "4.4.0": "5.5.0",  # "4.4.0 upgrades JupyterHub to 5.5.0"
+}
+
+
+def dockerfile_arg(dockerfile: str, name: str) -> str:
+    found = re.findall(rf"^ARG {name}=(\S+)$", dockerfile, re.M)
+    assert len(found) == 1, f"one default for ARG {name}"
+    return found[0]
+
+
+def installed_wheel_extra(dockerfile: str) -> str:
+    """The extra the image installs the locally built wheel with; fails unless it is that wheel."""
+    assert re.search(r"^COPY dist/\*\.whl /tmp/dist/$", dockerfile, re.M), "the image copies the wheel from dist/"
+    pip = "\n".join(re.findall(r"python3 -m pip install[^\n]*", dockerfile.replace("\\\n", " ")))
+    assert pip, "the image installs with pip"
+    extra = re.search(r'"\$\(ls /tmp/dist/xnat_oauth-\*-py3-none-any\.whl\)\[(\w+)\]"', pip)
+    assert extra, f"pip installs the wheel from dist/: {pip}"
+    # a name pip would look up on PyPI, where nobody has published xnat-oauth for us
+    assert not re.search(r"(?<![/\w])xnat[-_]oauth(\[|\s|\"|$)", pip.replace(extra[0], "")), pip
+    # the image's JupyterHub is pinned, so pip fails rather than replace it
+    assert 'echo "jupyterhub==${JUPYTERHUB_VERSION}" > /tmp/keep-hub.txt' in dockerfile
+    assert "-c /tmp/keep-hub.txt" in pip
+    return extra[1]
+
+
+def _pin(path: Path, name: str) -> Version:
+    pins = [line.split("==", 1)[1].strip() for line in path.read_text().splitlines() if line.startswith(f"{name}==")]
+    assert len(pins) == 1, f"{path.name} pins {name} once"
+    return Version(pins[0])
+
+
+def jupyterhub_ci_range() -> tuple[SpecifierSet, Version, Version]:
+    """The JupyterHub range the package declares, and the oldest and newest CI runs the suite on."""
+    (declared,) = [
+        Requirement(r).specifier
+        for r in metadata.requires("xnat-oauth") or []
+        if Requirement(r).name == "jupyterhub" and not Requirement(r).marker
+    ]
+    return (
+        declared,
+        _pin(ROOT / "requirements" / "constraints-oldest.txt", "jupyterhub"),
+        _pin(ROOT / "requirements" / "constraints.txt", "jupyterhub"),
+    )
+
+
+def test_the_declared_jupyterhub_range_has_an_upper_bound_and_holds_both_tested_ends():
+    declared, oldest, newest = jupyterhub_ci_range()
+    assert any(s.operator == "<" for s in declared), declared
+    assert oldest in declared and newest in declared and oldest <= newest
+
+
+@pytest.mark.parametrize("example", ["kubernetes", "docker-swarm"])
+def test_hub_images_jupyterhub_is_one_ci_tests(example):
+    dockerfile = (EXAMPLES / example / "hub.Dockerfile").read_text()
+    version = Version(dockerfile_arg(dockerfile, "JUPYTERHUB_VERSION"))
+    declared, oldest, newest = jupyterhub_ci_range()
+    assert version in declared and oldest <= version <= newest, (version, declared, oldest, newest)
+    if example == "kubernetes":
+        z2jh = dockerfile_arg(dockerfile, "Z2JH_VERSION")
+        assert Z2JH_JUPYTERHUB.get(z2jh) == str(version), f"chart {z2jh} ships JupyterHub {Z2JH_JUPYTERHUB.get(z2jh)}"
+    else:
+        assert re.search(r"^FROM quay\.io/jupyterhub/jupyterhub:\$\{JUPYTERHUB_VERSION\}$", dockerfile, re.M)
+
+
+def test_the_build_context_holds_only_what_the_images_copy():
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    assert ignore[ignore.index("*") :][0] == "*"  # everything is left out first
+    admitted = {line[1:] for line in ignore if line.startswith("!")}
+    for example in ("kubernetes", "docker-swarm"):
+        dockerfile = (EXAMPLES / example / "hub.Dockerfile").read_text()
+        for source in re.findall(r"^COPY (\S+) \S+$", dockerfile, re.M):
+            assert source in admitted, f"{example}: COPY {source} is not in .dockerignore's allow list"
+            if source != "dist/*.whl":
+                assert (ROOT / source).is_file(), source
 
 
 # -- Kubernetes: the hub configuration the values produce -------------------------------------
@@ -559,8 +645,10 @@ async def test_swarm_config_spawns_an_xnat_launch_with_the_users_data(swarm_site
 def test_swarm_hub_image_installs_the_package_and_the_config():
     dockerfile = (SWARM / "hub.Dockerfile").read_text()
     assert re.search(r"^FROM quay\.io/jupyterhub/jupyterhub:", dockerfile, re.M)
-    assert '"xnat-oauth[docker]"' in dockerfile
-    assert re.search(r"^COPY jupyterhub_config\.py /etc/jupyterhub/jupyterhub_config\.py$", dockerfile, re.M)
+    assert installed_wheel_extra(dockerfile) == "docker"
+    assert re.search(
+        r"^COPY examples/docker-swarm/jupyterhub_config\.py /etc/jupyterhub/jupyterhub_config\.py$", dockerfile, re.M
+    )
     assert hub_service()["command"][-1] == "/etc/jupyterhub/jupyterhub_config.py"
 
 
@@ -650,6 +738,7 @@ def scan_file(path: Path) -> list[str]:
         "crypt-key: 0123456789abcdef",
     ],
 )
+@pytest.mark.world  # the scanner the example tests use
 def test_the_secret_scan_finds(line):
     assert secret_findings(line, quoted_only=line.startswith("c."))
 
@@ -666,6 +755,7 @@ def test_the_secret_scan_finds(line):
         "JH_XNAT_URL: ${JH_XNAT_URL:-https://xnat.example.org}",
     ],
 )
+@pytest.mark.world
 def test_the_secret_scan_passes(line):
     assert secret_findings(line, quoted_only=line.startswith("c.")) == []
 

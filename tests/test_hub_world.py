@@ -8,6 +8,9 @@ from tests.world.browser import HubBrowser, OffLoopbackError, parse_forms
 from tests.world.fixtures_hub import make_hub_fixture
 from tests.world.hub import HubStartError, port_is_listening, process_alive
 
+# the hub fixtures and browser-like driver, not the product
+pytestmark = pytest.mark.world
+
 PASSWORD = "correct-horse-battery-staple"
 
 DUMMY_CONFIG = f"""

@@ -22,6 +22,9 @@ from tests.world.fixtures_oidc import IdpAccount, new_login
 from tests.world.idp_login import login_via_idp
 from tests.world.oidc_provider import OidcProvider
 
+# the OpenID provider the tests log in at, not the product
+pytestmark = pytest.mark.world
+
 AAF_SCOPES = (
     "openid profile email eduperson_principal_name eduperson_scoped_affiliation "
     "eduperson_affiliation eduperson_entitlement schac_home_organization aueduperson "

@@ -27,6 +27,9 @@ pytestmark = pytest.mark.world
 # every test here checks the test world (the XNAT emulator) itself
 pytestmark = pytest.mark.world
 
+# the XNAT emulator itself, not the product
+pytestmark = pytest.mark.world
+
 REPO = Path(__file__).resolve().parents[1]
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 

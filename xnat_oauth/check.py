@@ -285,7 +285,7 @@ class CheckContext:
 def load_config(path: str | None) -> tuple[Config, Path | None, Outcome]:
     """The hub's config as JupyterHub would load it, where it came from, and the verdict."""
     explicit = path is not None
-    p = Path(path if explicit else DEFAULT_CONFIG_FILE).expanduser().resolve()
+    p = Path(path if path is not None else DEFAULT_CONFIG_FILE).expanduser().resolve()
     if not p.is_file():
         if explicit:
             return Config(), None, failed(f"{p} does not exist", "give the hub's config file with -f PATH")
@@ -501,7 +501,7 @@ async def check_xnat_url(ctx: CheckContext) -> Outcome:
     if parts.query or parts.fragment:
         return failed(f"{shown} has a query or fragment", f"give the base URL only ({example})")
     bundle = auth.xnat_ca_bundle
-    if bundle and auth.xnat_validate_cert and not os.path.isfile(bundle):
+    if bundle and auth.xnat_validate_cert and not await asyncio.to_thread(os.path.isfile, bundle):
         return failed(
             f"xnat_ca_bundle {bundle} is not a file",
             "set c.XnatOAuthenticator.xnat_ca_bundle to a PEM file of the CAs that sign XNAT's certificate",
@@ -748,7 +748,7 @@ async def check_bearer_exchange(ctx: CheckContext) -> Outcome:
     finally:
         ctx.remember_login(XnatLogin(client, token_of, username or "?", "the Bearer-exchanged token"))
     note = " (c.XnatOAuthenticator.xnat_token_exchange is 'off': logins do not use it)" if (
-        auth.xnat_token_exchange == "off"
+        auth.xnat_token_exchange == "off"  # noqa: S105 - a setting's value, not a password
     ) else ""
     expected = _hub_username(auth, token)
     if expected is None:

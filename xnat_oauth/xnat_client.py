@@ -323,7 +323,7 @@ class XnatClient:
                     log.info("XNAT unavailable (%s); retry %d of %d", e, attempt + 1, attempts - 1)
                 continue
             return resp
-        assert last is not None
+        assert last is not None  # noqa: S101 - the loop ran at least once and only continues after an error
         raise last
 
     async def _send_once(self, method, path, auth, params, accept) -> httpx.Response:

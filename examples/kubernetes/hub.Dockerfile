@@ -1,19 +1,24 @@
-# The zero-to-jupyterhub hub image with xnat-oauth installed.
+# The zero-to-jupyterhub hub image with the xnat-oauth wheel built from this repository.
+# Build it from the repository's root (the wheel is in dist/):
 #
-#   docker build -f hub.Dockerfile -t registry.example.org/xnat/k8s-hub-xnat-oauth:4.4.0-xnat-oauth .
+#   make wheel
+#   docker build -f examples/kubernetes/hub.Dockerfile -t registry.example.org/xnat/k8s-hub-xnat-oauth:4.4.0-xnat-oauth .
 #   docker push registry.example.org/xnat/k8s-hub-xnat-oauth:4.4.0-xnat-oauth
 #
 # then name it in values.yaml (hub.image). Keep Z2JH_VERSION equal to the chart version you
-# install, so the hub image matches the chart's configuration files.
+# install, so the hub image matches the chart's configuration files, and JUPYTERHUB_VERSION equal
+# to the JupyterHub that chart version ships (z2jh changelog: "4.4.0 upgrades JupyterHub to
+# 5.5.0"). xnat-oauth supports JupyterHub >=5.3,<7; tests/test_examples.py checks both.
 ARG Z2JH_VERSION=4.4.0
 FROM quay.io/jupyterhub/k8s-hub:${Z2JH_VERSION}
-
-# What pip installs: a release by default. For a wheel you built, add
-#   COPY xnat_oauth-<version>-py3-none-any.whl /tmp/
-# here and build with --build-arg XNAT_OAUTH_SPEC="/tmp/xnat_oauth-<version>-py3-none-any.whl[kube]".
-ARG XNAT_OAUTH_SPEC="xnat-oauth[kube]"
+ARG JUPYTERHUB_VERSION=5.5.0
 
 USER root
-RUN python3 -m pip install --no-cache-dir "${XNAT_OAUTH_SPEC}"
+COPY dist/*.whl /tmp/dist/
+# The image's JupyterHub stays as the chart ships it: pip fails rather than replace it.
+RUN echo "jupyterhub==${JUPYTERHUB_VERSION}" > /tmp/keep-hub.txt \
+ && python3 -m pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore -c /tmp/keep-hub.txt \
+      "$(ls /tmp/dist/xnat_oauth-*-py3-none-any.whl)[kube]" \
+ && rm -rf /tmp/dist /tmp/keep-hub.txt
 # the chart runs the hub as this uid
 USER 1000

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Generic, Iterable, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Iterable, Literal, Mapping, TypeVar, overload
 from urllib.parse import urlsplit
 
 import httpx
@@ -159,6 +159,10 @@ class ProviderMetadata:
             raise IssuerMismatch(expected=expected_issuer, got=doc.get("issuer"), url=url)
         merged = {**doc, **(overrides or {})}
 
+        @overload
+        def url_field(name: str, required: Literal[True]) -> str: ...
+        @overload
+        def url_field(name: str, required: Literal[False]) -> str | None: ...
         def url_field(name: str, required: bool) -> str | None:
             value = merged.get(name)
             if value is None and not required:
@@ -318,7 +322,7 @@ class JwksCache:
         if alg not in KEY_TYPES_BY_ALG:
             raise IdTokenError("alg", f"algorithm {alg!r} is not allowed")
         key = _select_key(await self.get_key_set(), kid, alg)
-        if key is None and await self.refresh():
+        if key is None and await self.refresh() and self._key_set is not None:
             key = _select_key(self._key_set, kid, alg)
         if key is None:
             raise IdTokenError("unknown_key", f"no {alg} key with kid {kid!r} in {self.jwks_uri}")
