@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from dataclasses import replace
 import logging
 import os
 import ssl
 import time
 import weakref
+from dataclasses import replace
 
 from jupyterhub.utils import maybe_future
 
@@ -108,6 +108,8 @@ async def readable_projects(client: XnatClient, state: XnatAuthState, ids: list[
     """The projects of ``ids`` whose data the user's own token may read, checked one by one
     (at most ``project_check_concurrency`` at a time), answers cached briefly."""
     token, ttl = state.token, settings.project_check_cache_seconds
+    if token is None:
+        raise ValueError("a hub-started server needs the user's XNAT token")
     sem = asyncio.Semaphore(settings.project_check_concurrency)
 
     async def one(pid: str) -> bool:
@@ -125,7 +127,7 @@ async def readable_projects(client: XnatClient, state: XnatAuthState, ids: list[
     for r in results:
         if isinstance(r, BaseException):
             raise r
-    return [p for p, ok in zip(ids, results) if ok]
+    return [p for p, ok in zip(ids, results, strict=True) if ok]
 
 
 def _same_url(a: str, b: str) -> bool:
@@ -220,6 +222,8 @@ async def _plan_from_hub(spawner, settings, rules, servername, launch, raw_state
     url = _xnat_url(settings, state)
     client = _client(settings, url)
     try:
+        if state.token is None:
+            raise ValueError("a hub-started server needs the user's XNAT token")
         rows = await client.projects(state.token)
         # the listing holds every protected project too: mount only what the token may read
         listed = sorted({check_project_id(p) for p in project_ids(rows)})

@@ -459,7 +459,7 @@ class XnatSpawnHooks(Configurable):
         for name in ("extra_readonly_roots", "extra_writable_roots"):
             for root in getattr(self, name):
                 r = root + "/"
-                if r.startswith(a) or a.startswith(r) or r.startswith(w) or w.startswith(r):
+                if r.startswith((a, w)) or a.startswith(r) or w.startswith(r):
                     # an extra root over the workspaces would hand out other users' workspaces
                     raise ConfigError(f"XnatSpawnHooks.{name} entry {root!r} overlaps archive_root or workspace_root")
         for n in ("project_check_concurrency", "max_project_checks"):

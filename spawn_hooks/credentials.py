@@ -27,7 +27,8 @@ class NotebookCredentials:
 
 def for_hub_server(state: XnatAuthState, settings) -> NotebookCredentials:
     """The XNAT credentials of a server started from the hub (``state.token`` is set)."""
-    assert state.token is not None
+    if state.token is None:
+        raise ValueError("a hub-started server needs the user's XNAT token")
     return NotebookCredentials(
         host=settings.notebook_xnat_url or state.url,
         user=state.token.alias,

@@ -26,8 +26,7 @@ from ._base import braces, configured
 from .build import build_plan, load_settings
 from .config import XnatSpawnHooks
 from .errors import SpawnRefused
-from .paths import VOLUME_NAME_RE
-from .paths import is_inside
+from .paths import VOLUME_NAME_RE, is_inside
 from .plan import SpawnPlan
 
 log = logging.getLogger("spawn_hooks")
@@ -105,8 +104,10 @@ def apply_kube(spawner, plan: SpawnPlan, settings: XnatSpawnHooks) -> None:
     same_claim = settings.kube_archive_claim == settings.kube_workspace_claim
     archive_vol = "xnat-data" if same_claim else "xnat-archive"
     workspace_vol = "xnat-data" if same_claim else "xnat-workspace"
-    mounts, used, claims = [], set(), {}
-    for i, m in enumerate(plan.mounts):
+    mounts: list[dict] = []
+    used: set[str] = set()
+    claims: dict[str, str] = {}
+    for m in plan.mounts:
         if m.kind == "volume":
             claim = settings.kube_volume_claims.get(m.source)
             if not claim:

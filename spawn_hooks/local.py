@@ -120,7 +120,8 @@ def link_plan(plan: SpawnPlan, settings: XnatSpawnHooks) -> str:
         except FileNotFoundError:
             continue
         if stat.S_ISDIR(st.st_mode):
-            assert shutil.rmtree.avoids_symlink_attacks
+            if not shutil.rmtree.avoids_symlink_attacks:  # never follow a planted link
+                raise OSError(f"this platform's rmtree can follow symlinks; not removing {path}")
             shutil.rmtree(path)
         else:
             os.unlink(path)

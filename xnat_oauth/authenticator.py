@@ -44,6 +44,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, Set, Unicode, defau
 
 from . import compat
 from .auth_state import Identity, XnatAuthState
+from .client_address import request_client_address, trusted_proxies_of
 from .errors import ConfigError, NotAllowedJupyter, XnatOAuthError, XnatUnavailable
 from .identity import (
     UsernamePattern,
@@ -70,7 +71,6 @@ from .oidc.errors import IdentityConflict, IdTokenError
 from .oidc.id_token import merge_claims, verify_id_token
 from .oidc.presets import ProviderPreset, generic_preset, get_preset
 from .password_login import PasswordLogin
-from .client_address import request_client_address, trusted_proxies_of
 from .throttle import PasswordThrottleSettings, throttle_from_settings
 from .urls import is_loopback_url
 from .user_errors import BEARER_REFUSED_HELP, oidc_login_errors, password_login_errors, user_error
@@ -419,7 +419,7 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         if not self.xnat_url.startswith(("https://", "http://")):
             self._fatal(f"c.XnatOAuthenticator.xnat_url must start with https:// (got {self.xnat_url!r}).")
         try:
-            self.username_pattern_compiled
+            _ = self.username_pattern_compiled  # checked now, not at the first login
             if self.oidc_enabled and not self.xnat_provider_id:
                 raise ConfigError("set c.XnatOAuthenticator.xnat_provider_id (the provider's id in XNAT)")
             if self.oidc_enabled and not self.client_id:
@@ -473,7 +473,7 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
             return
         xnat_rule = self.check_xnat_jupyter_permission
         password_admits = self.password_login and xnat_rule
-        oidc_admits = self.oidc_enabled and xnat_rule and self.xnat_token_exchange != "off"
+        oidc_admits = self.oidc_enabled and xnat_rule and not self.exchange_off
         add = (
             "add an allow rule: c.XnatOAuthenticator.allowed_users = {...}, allowed_groups (with "
             "manage_groups), or allow_all = True"
@@ -482,7 +482,7 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
             why = (
                 "xnat_token_exchange is 'off', so OpenID logins get no XNAT token and XNAT's Jupyter "
                 "permission cannot admit them"
-                if self.oidc_enabled and self.xnat_token_exchange == "off"
+                if self.oidc_enabled and self.exchange_off
                 else "check_xnat_jupyter_permission is off"
             )
             self._fatal(f"No login could ever be admitted: {why}, and no JupyterHub allow rule is set. {add}.")
@@ -520,6 +520,11 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         except ConfigError as e:
             self._fatal(str(e))
         return None
+
+    @property
+    def exchange_off(self) -> bool:
+        """OpenID logins get no XNAT token (XNAT 1.8/1.9: no Bearer path)."""
+        return self.xnat_token_exchange == "off"  # noqa: S105 - a setting's value, not a secret
 
     @property
     def oidc_enabled(self) -> bool:
@@ -576,12 +581,16 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
     async def oidc_ready(self):
         """Fill the OAuth endpoints from the discovery document (fetched once, then cached)."""
         md = await self.oidc.metadata()
-        if self.authorize_url != md.authorization_endpoint:
-            self.authorize_url = md.authorization_endpoint
-        if self.token_url != md.token_endpoint:
-            self.token_url = md.token_endpoint
-        if md.userinfo_endpoint and self.userdata_url != md.userinfo_endpoint:
-            self.userdata_url = md.userinfo_endpoint
+        # oauthenticator's handlers read these traits; set them only when they differ, so each
+        # login does not fire traitlets' change machinery
+        endpoints = {
+            "authorize_url": md.authorization_endpoint,
+            "token_url": md.token_endpoint,
+            "userdata_url": md.userinfo_endpoint or self.userdata_url,
+        }
+        for name, value in endpoints.items():
+            if getattr(self, name) != value:
+                setattr(self, name, value)
         return md
 
     @cached_property
@@ -696,7 +705,7 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         step = login_step(token_info)
         if step is None:
             return await self._recheck_stored_login(token_info)
-        if step.kind == PASSWORD_GRANT:
+        if step.kind == PASSWORD_GRANT and step.record is not None:
             return {XNAT_USERNAME_KEY: step.record.username}
         with oidc_login_errors(self.log, self.xnat_provider_id):
             return await self._openid_user(token_info, step)
@@ -714,6 +723,8 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
             id_claims = {"iss": self.oidc.issuer, "sub": sub}
         claims = merge_claims(id_claims, userinfo)
         preset = self.oidc_preset
+        if preset is None:  # the callback refuses first when no provider is configured
+            raise IdTokenError("malformed", "no OpenID provider is configured")
         # The plugin's mapping key. Requirements first: a refused login never reaches XNAT.
         auth_user = self.username_pattern_compiled.mapping_key(claims, self.xnat_provider_id)
         check_aaf_claims(
@@ -726,7 +737,7 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
             check_hosted_domain(claims, self.required_hosted_domains)
         identity = Identity(preset.name, id_claims["iss"], id_claims["sub"], auth_user)
 
-        if self.xnat_token_exchange == "off":
+        if self.exchange_off:
             # No XNAT call can name the login: the pattern predicts it, which is right for
             # accounts the plugin auto-created, and it must be a login XNAT can have at all.
             login = check_xnat_username(sanitize_username(auth_user))
@@ -796,7 +807,10 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
     def build_auth_state_dict(self, token_info, user_info):
         step = login_step(token_info)
         # a login's record is in its step; a refresh re-checked the one stored (token_to_user)
-        record = step.record if step is not None else stored_login(token_info)[0]
+        stored = stored_login(token_info) if step is None else None
+        record = step.record if step is not None else (stored[0] if stored else None)
+        if record is None:  # token_to_user raises before this can happen
+            raise XnatTokenExpired("no XNAT record for this login")
         response = token_response_to_store(token_info, record, user_info)
         if response.get("token_type") == XNAT_TOKEN_TYPE:
             # A password login has no provider tokens; the keys keep oauthenticator's shape.
@@ -906,7 +920,7 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         )
         if result.get("name", user.name) != user.name or not same_identity:
             self.log.warning("Refreshed login of %s is someone else: new login needed", user.name)
-            if new_token:
+            if new_token and after is not None and after.token is not None:
                 await discard(self.xnat, after.token, self.log)
             return False
         if new_token:
@@ -920,7 +934,7 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         """On logout: invalidate the token in XNAT and drop it from auth_state."""
         try:
             auth_state = await user.get_auth_state()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - undecryptable or foreign: logout must still finish
             self.log.warning("Could not read auth_state of %s at logout: %s", user.name, e)
             return
         record = XnatAuthState.maybe_from_auth_state(auth_state)

@@ -42,6 +42,7 @@ from traitlets import TraitError
 from traitlets.config import Config, PyFileConfigLoader
 
 from .auth_state import XnatToken
+from .client_address import parse_networks
 from .errors import (
     ConfigError,
     XnatAuthError,
@@ -51,7 +52,6 @@ from .errors import (
     XnatOAuthError,
     XnatUnavailable,
 )
-from .client_address import parse_networks
 from .urls import LOOPBACK_HOSTS
 from .xnat_client import BearerAuth, XnatClient, redact_url
 
@@ -776,7 +776,7 @@ async def check_xnat_openid_settings(ctx: CheckContext) -> Outcome:
     auth = ctx.authenticator
     pid = auth.xnat_provider_id or "<provider>"
     pattern = auth.xnat_username_pattern or "[providerId]_[sub]"
-    if auth.xnat_token_exchange == "off":
+    if auth.exchange_off:
         return passed(
             f"xnat_token_exchange is 'off' (XNAT 1.8/1.9): the hub user is the pattern's rendering, "
             f"so XNAT must create accounts under that name: openid.{pid}.forceUserCreate=true and "

@@ -68,15 +68,17 @@ class IdentityBindings:
             self._db.close()
             self._db = None
 
-    def _rows(self, where: str, args: tuple) -> list[Binding]:
-        cur = self._conn().execute(
-            f"SELECT issuer, sub, username, provider, bound_at FROM identity_bindings WHERE {where}", args
-        )
-        return [Binding(*row) for row in cur.fetchall()]
+    _SELECT = "SELECT issuer, sub, username, provider, bound_at FROM identity_bindings"
+    _BY_IDENTITY = _SELECT + " WHERE issuer = ? AND sub = ?"
+    _BY_USER_AND_ISSUER = _SELECT + " WHERE username = ? AND issuer = ?"
+    _BY_USER = _SELECT + " WHERE username = ?"
+
+    def _rows(self, query: str, args: tuple = ()) -> list[Binding]:
+        return [Binding(*row) for row in self._conn().execute(query, args).fetchall()]
 
     def check(self, identity: Identity, username: str) -> None:
         """IdentityConflict, naming both sides, if this login disagrees with a binding."""
-        for b in self._rows("issuer = ? AND sub = ?", (identity.issuer, identity.sub)):
+        for b in self._rows(self._BY_IDENTITY, (identity.issuer, identity.sub)):
             if b.username != username:
                 raise IdentityConflict(
                     f"identity {identity.provider} {identity.sub!r} ({identity.issuer}) is bound to "
@@ -89,7 +91,7 @@ class IdentityBindings:
                         "account; please tell the hub's administrator."
                     ),
                 )
-        for b in self._rows("username = ? AND issuer = ?", (username, identity.issuer)):
+        for b in self._rows(self._BY_USER_AND_ISSUER, (username, identity.issuer)):
             if b.sub != identity.sub:
                 raise IdentityConflict(
                     f"hub user {username!r} is bound to subject {b.sub!r} of {identity.issuer}; "
@@ -120,10 +122,10 @@ class IdentityBindings:
         return cur.rowcount == 1
 
     def of_user(self, username: str) -> list[Binding]:
-        return self._rows("username = ?", (username,))
+        return self._rows(self._BY_USER, (username,))
 
     def all(self) -> list[Binding]:
-        return self._rows("1 = 1", ())
+        return self._rows(self._SELECT)
 
     def release(self, username: str) -> int:
         """Forget every binding of ``username`` (an admin's decision); how many there were."""

@@ -22,9 +22,9 @@ from tornado.httpclient import HTTPClientError
 from .auth_state import AUTH_STATE_KEY, AuthStateError, XnatAuthState
 
 #: the ``grant_type`` of a password-form login inside the chain; never sent anywhere
-PASSWORD_GRANT = "urn:xnat-oauth:xnat-password"
+PASSWORD_GRANT = "urn:xnat-oauth:xnat-password"  # noqa: S105 - a grant's name, not a password
 #: ``token_type`` of the token response of a password login: XNAT's own alias token
-XNAT_TOKEN_TYPE = "xnat-alias"
+XNAT_TOKEN_TYPE = "xnat-alias"  # noqa: S105 - a token type's name
 STEP_KEY = "xnat_oauth_step"
 LOGIN_KEY = "xnat_oauth_login"
 

@@ -45,7 +45,7 @@ class PasswordLogin:
         """How a log line names what was typed as the username: never the text itself."""
         try:
             return f"username id {self.throttle.store.key((username or '').strip())[:12]}"
-        except Exception:  # the throttle's file is unusable: its own refusal says so
+        except Exception:  # noqa: BLE001 - the throttle's file is unusable: its own refusal says so
             return "a username"
 
     async def login(self, username: str, password: str, address: str) -> XnatAuthState:

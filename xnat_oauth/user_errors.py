@@ -53,7 +53,7 @@ def user_error(status: int, message: str) -> web.HTTPError:
     carries the authorization code. Every caller here has already logged what the admin needs.
     """
     err = web.HTTPError(status)
-    err.jupyterhub_message = message  # JupyterHub's error page shows this to the user
+    err.jupyterhub_message = message  # type: ignore[attr-defined]  # JupyterHub's error page shows it
     return err
 
 

@@ -329,7 +329,7 @@ class XnatClient:
     async def _send_once(self, method, path, auth, params, accept) -> httpx.Response:
         store = self.sessions
         fp = store.key(auth) if store is not None else None
-        if fp is None:
+        if store is None or fp is None:
             return await self._exchange(method, path, auth, params, accept, None, None)
         if store.get(fp) is not None:
             return await self._exchange(method, path, auth, params, accept, store, fp)

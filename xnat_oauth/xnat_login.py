@@ -46,5 +46,5 @@ async def discard(client: XnatClient, token, log: logging.Logger | logging.Logge
     """Invalidate a token nobody will use; best effort, it expires on its own anyway."""
     try:
         await client.invalidate_token(token)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - best effort: the token expires on its own anyway
         log.warning("could not invalidate an unused XNAT token (alias %s): %s", token.alias, e)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import secrets
 import select
 import signal
@@ -68,6 +69,16 @@ class HubStartError(RuntimeError):
     def __init__(self, message: str, log_tail: str = ""):
         super().__init__(f"{message}\n--- hub.log (tail) ---\n{log_tail}")
         self.log_tail = log_tail
+
+
+_REAL_TRACEBACK = re.compile(r"Traceback \(most recent call last\):\n\s+File ")
+
+
+def has_traceback(log: str) -> bool:
+    """Whether ``log`` holds a real traceback (with frames). JupyterHub 5 logs an expected
+    refusal with ``log.exception`` outside any ``except``, which writes a frameless
+    ``Traceback (most recent call last): NoneType: None``: that is not a crash."""
+    return bool(_REAL_TRACEBACK.search(log))
 
 
 def free_port() -> int:

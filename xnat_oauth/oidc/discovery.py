@@ -264,8 +264,8 @@ class JwksCache:
         self._http = http
         self._clock = clock
         self._key_set: KeySet | None = None
-        #: when the key set now held was fetched
-        self._fetched_at: float | None = None
+        #: when the key set now held was fetched (meaningful once ``_key_set`` is set)
+        self._fetched_at: float = 0.0
         self._last_fetch: float | None = None
         self._flight: _SingleFlight[KeySet] = _SingleFlight()
         #: how many times the key set was requested from the provider
@@ -274,13 +274,14 @@ class JwksCache:
     async def get_key_set(self) -> KeySet:
         """The cached key set, fetched on first use (concurrent first callers share the fetch)
         and again once it is ``max_age`` old."""
-        if self._key_set is None:
+        held = self._key_set
+        if held is None:
             return await self._flight.run(self._fetch)
         if self._clock() - self._fetched_at < self.max_age:
-            return self._key_set
-        return await self._refetch_old()
+            return held
+        return await self._refetch_old(held)
 
-    async def _refetch_old(self) -> KeySet:
+    async def _refetch_old(self, held: KeySet) -> KeySet:
         age = self._clock() - self._fetched_at
         try:
             if not await self.refresh():
@@ -294,11 +295,11 @@ class JwksCache:
                     age,
                     err,
                 )
-                return self._key_set
+                return held
             raise ProviderUnavailable(
                 f"JWKS at {self.jwks_uri} could not be fetched again for {age:.0f}s: {err}", url=self.jwks_uri
             ) from None
-        return self._key_set
+        return self._key_set or held
 
     async def refresh(self) -> bool:
         """Fetch the key set again unless that was done less than ``min_refresh_interval`` ago.
