@@ -60,7 +60,11 @@ from xnat_oauth.oidc.presets import get_preset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "login.json"
-VARIANTS = ("generic", "generic_auth_state", "xnat", "xnat_permission_check")
+VARIANTS = ("generic", "generic_auth_state", "xnat", "xnat_permission_check", "xnat_two_providers")
+#: the second provider of the two-provider hub (a Google-like oidc-provider of its own)
+SECOND_PROVIDER_ID = "google"
+#: the two-provider hub's per-login cost may exceed the one-provider hub's by this much at most
+TARGET_TWO_PROVIDER_COST = 1.05
 TARGET_RATIO = 0.85
 PROVIDER_ID = "aaf"
 WARMUP_LOGINS = 5
@@ -176,6 +180,27 @@ def generic_config(
     return "\n".join(lines) + "\n"
 
 
+def two_provider_config(
+    workdir: Path, *, issuers: dict, xnat_url: str, clients: dict, callback_base: str, profile: bool
+) -> str:
+    """AAF-like and Google-like providers on one hub (logins alternate between them)."""
+    providers = [
+        {"id": pid, "preset": preset, "issuer": issuers[pid], "client_id": clients[pid].id,
+         "client_secret": clients[pid].secret}
+        for pid, preset in ((PROVIDER_ID, "aaf"), (SECOND_PROVIDER_ID, "google"))
+    ]
+    settings = {
+        "xnat_url": xnat_url,
+        "oidc_providers": providers,
+        "oauth_callback_url": callback_base,
+        "check_xnat_jupyter_permission": False,
+        "allow_all": True,
+    }
+    lines = _instrument_lines(workdir, profile) + ['c.JupyterHub.authenticator_class = "xnat-oauth"']
+    lines += [f"c.XnatOAuthenticator.{k} = {v!r}" for k, v in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
 def xnat_config(
     workdir: Path, *, issuer: str, xnat_url: str, client: "Client", check_permission: bool, profile: bool
 ) -> str:
@@ -210,14 +235,14 @@ class Client:
 # -- one scripted login ------------------------------------------------------------------------
 
 
-async def one_login(hub_url: str, login: str) -> tuple[bool, float]:
-    """(succeeded, seconds) for one browser-less login from ``/hub/oauth_login`` to the callback."""
+async def one_login(hub_url: str, login: str, path: str = "/hub/oauth_login") -> tuple[bool, float]:
+    """(succeeded, seconds) for one browser-less login from the hub's login ``path`` to the callback."""
     async with httpx.AsyncClient(
         follow_redirects=False, trust_env=False, verify=SHARED_SSL_CONTEXT, timeout=LOGIN_TIMEOUT
     ) as client:
         t0 = time.perf_counter()
         try:
-            resp = await login_via_idp(client, hub_url + "/hub/oauth_login", login)
+            resp = await login_via_idp(client, hub_url + path, login)
         except (IdpLoginError, httpx.HTTPError):
             return False, time.perf_counter() - t0
         elapsed = time.perf_counter() - t0
@@ -225,14 +250,17 @@ async def one_login(hub_url: str, login: str) -> tuple[bool, float]:
     return ok, elapsed
 
 
-async def run_logins(hub_url: str, logins: list[str], concurrency: int) -> tuple[list[tuple[bool, float]], float]:
-    """Run ``logins`` with ``concurrency`` at once; (results, wall seconds). Bounded by PHASE_TIMEOUT."""
+async def run_logins(
+    hub_url: str, logins: list[str], concurrency: int, paths: tuple[str, ...] = ("/hub/oauth_login",)
+) -> tuple[list[tuple[bool, float]], float]:
+    """Run ``logins`` with ``concurrency`` at once, taking turns through the login ``paths``;
+    (results, wall seconds). Bounded by PHASE_TIMEOUT."""
     results: list[tuple[bool, float]] = []
-    queue = iter(logins)
+    queue = iter(enumerate(logins))
 
     async def worker():
-        for login in queue:  # one shared iterator: each login is taken once
-            results.append(await one_login(hub_url, login))
+        for i, login in queue:  # one shared iterator: each login is taken once
+            results.append(await one_login(hub_url, login, paths[i % len(paths)]))
 
     t0 = time.perf_counter()
     await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), PHASE_TIMEOUT)
@@ -305,6 +333,8 @@ class Variant:
     cpu: collections.Counter = field(default_factory=collections.Counter)
     #: logins/s of each timed round
     per_round: list[float] = field(default_factory=list)
+    #: where logins start, in turn (the two-provider hub alternates its providers)
+    login_paths: tuple[str, ...] = ("/hub/oauth_login",)
     profile: dict = field(default_factory=dict)
 
     @property
@@ -413,7 +443,7 @@ async def _measure_phase(
     v.requests.take()
     if profile and v.pid:
         os.kill(v.pid, signal.SIGUSR2)  # profiler on
-    results, wall = await run_logins(v.hub.url, logins, concurrency)
+    results, wall = await run_logins(v.hub.url, logins, concurrency, v.login_paths)
     if profile and v.pid:
         os.kill(v.pid, signal.SIGUSR2)  # profiler off, stats written
     ok = [t for good, t in results if good]
@@ -428,20 +458,43 @@ async def _measure_phase(
     v.cpu["client"] += time.process_time() - client0
 
 
-def _make_variants(tmp: Path, provider, xnat: RemoteXnat, endpoints: dict, profile: bool) -> list[Variant]:
+def _make_variants(
+    tmp: Path, provider, xnat: RemoteXnat, endpoints: dict, profile: bool, second=None, second_endpoints=None
+) -> list[Variant]:
     """One unstarted hub per variant, each registered with the provider and (xnat) with XNAT."""
-    names = {
-        provider.discovery_url: "discovery",
-        endpoints["jwks_uri"]: "jwks",
-        endpoints["token_endpoint"]: "token",
-        endpoints["userinfo_endpoint"]: "userinfo",
-        endpoints["authorization_endpoint"]: "authorize",
-    }
-    variants, xnat_clients = [], []
+    names = {}
+    for p, ep in ((provider, endpoints), (second, second_endpoints)):
+        if p is None:
+            continue
+        names.update({
+            p.discovery_url: "discovery",
+            ep["jwks_uri"]: "jwks",
+            ep["token_endpoint"]: "token",
+            ep["userinfo_endpoint"]: "userinfo",
+            ep["authorization_endpoint"]: "authorize",
+        })
+    variants, xnat_clients, second_clients = [], [], []
     for name in VARIANTS:
         workdir = tmp / f"hub-{name}"
         workdir.mkdir()
         client = Client(f"bench-{name}-{secrets.token_hex(3)}", secrets.token_urlsafe(24), free_port())
+        if name == "xnat_two_providers":
+            base = client.callback_url
+            clients = {PROVIDER_ID: client, SECOND_PROVIDER_ID: Client(f"bench-two-{secrets.token_hex(3)}",
+                                                                      secrets.token_urlsafe(24), client.port)}
+            provider.add_client(client.id, client.secret, [f"{base}/{PROVIDER_ID}"])
+            second.add_client(clients[SECOND_PROVIDER_ID].id, clients[SECOND_PROVIDER_ID].secret,
+                              [f"{base}/{SECOND_PROVIDER_ID}"])
+            xnat_clients.append(client.id)
+            second_clients.append(clients[SECOND_PROVIDER_ID].id)
+            cfg = two_provider_config(
+                workdir, issuers={PROVIDER_ID: provider.issuer, SECOND_PROVIDER_ID: second.issuer},
+                xnat_url=xnat.url, clients=clients, callback_base=base, profile=profile,
+            )
+            log = RequestLog(workdir / "requests.log", names, urlsplit(xnat.url).netloc)
+            paths = (f"/hub/oauth_login/{PROVIDER_ID}", f"/hub/oauth_login/{SECOND_PROVIDER_ID}")
+            variants.append(Variant(name, HubProcess(workdir, cfg, port=client.port), log, login_paths=paths))
+            continue
         provider.add_client(client.id, client.secret, [client.callback_url])
         if name.startswith("generic"):
             cfg = generic_config(
@@ -459,14 +512,19 @@ def _make_variants(tmp: Path, provider, xnat: RemoteXnat, endpoints: dict, profi
     xnat.enable_bearer(
         PROVIDER_ID, issuer=provider.issuer, jwks_url=endpoints["jwks_uri"], accepted_audiences=xnat_clients
     )
+    if second is not None:
+        xnat.enable_bearer(
+            SECOND_PROVIDER_ID, issuer=second.issuer, jwks_url=second_endpoints["jwks_uri"],
+            accepted_audiences=second_clients,
+        )
     return variants
 
 
 async def _warm_up(v: Variant, pool: list[str], concurrency: int) -> None:
     """A few untimed logins; the first one's requests are what a cold hub fetches."""
-    first, _ = await run_logins(v.hub.url, pool[:1], 1)
+    first, _ = await run_logins(v.hub.url, pool[:1], 1, v.login_paths)
     v.first_login_requests = dict(sorted(v.requests.take().items()))
-    warm, _ = await run_logins(v.hub.url, pool[1:WARMUP_LOGINS], concurrency)
+    warm, _ = await run_logins(v.hub.url, pool[1:WARMUP_LOGINS], concurrency, v.login_paths)
     v.requests.take()
     if not all(ok for ok, _ in first + warm):
         raise RuntimeError(f"warm-up logins failed on the {v.name} hub; see {v.hub.log_path}")
@@ -481,17 +539,21 @@ async def run(out: Path, *, logins: int, concurrency: int, rounds: int, profile_
     with tempfile.TemporaryDirectory(prefix="bench-login-") as tmp_dir:
         tmp = Path(tmp_dir)
         xnat = RemoteXnat(tmp / "xnat-emulator")
-        provider = None
+        provider = second = None
         try:
             provider = OidcProvider(tmp / "idp", profile="aaf").start()
+            second = OidcProvider(tmp / "idp-second", profile="google").start()
             async with httpx.AsyncClient(trust_env=False) as http:
                 endpoints = (await http.get(provider.discovery_url)).json()
+                second_endpoints = (await http.get(second.discovery_url)).json()
             # A pool of accounts reused across logins (people log in again), the same for every hub.
             pool = [f"bench{i:03d}" for i in range(max(2 * concurrency, WARMUP_LOGINS))]
             for login in pool:
                 claims = provider.aaf_account(login)
                 xnat.add_openid_account(PROVIDER_ID, f"{PROVIDER_ID}_{claims['sub']}", roles=["Jupyter"])
-            variants = _make_variants(tmp, provider, xnat, endpoints, profile)
+                g = second.google_account(login)
+                xnat.add_openid_account(SECOND_PROVIDER_ID, f"{SECOND_PROVIDER_ID}_{g['sub']}", roles=["Jupyter"])
+            variants = _make_variants(tmp, provider, xnat, endpoints, profile, second, second_endpoints)
             await asyncio.gather(*(asyncio.to_thread(v.hub.start) for v in variants))
             idp_pid = child_pid(str(tmp / "idp"))
             pids = {v.name: v.pids(idp_pid, xnat.process.pid) for v in variants}
@@ -506,8 +568,9 @@ async def run(out: Path, *, logins: int, concurrency: int, rounds: int, profile_
         finally:
             for v in variants:
                 v.hub.stop()
-            if provider is not None:
-                provider.stop()
+            for p in (provider, second):
+                if p is not None:
+                    p.stop()
             xnat.stop()
             if profile:
                 profile_dir.mkdir(parents=True, exist_ok=True)
@@ -554,6 +617,10 @@ def build_report(variants: list[Variant], settings: dict, machine: dict) -> dict
         per_round[name] = [round(x / g, 3) for x, g in zip(by_name[name].per_round, by_name["generic"].per_round)]
     warm_fetches = sum(r["idp_calls_per_login"].get(k, 0) for r in results.values() for k in ("discovery", "jwks"))
     ratio = ratios["xnat"]
+    two, one = results["xnat_two_providers"], results["xnat"]
+    # per-login cost of the two-provider hub against the one-provider hub (same run)
+    two_cost = _ratio(two["cpu_ms_per_login"].get("hub", 0), one["cpu_ms_per_login"].get("hub", 0))
+    two_rate = _ratio(two["logins_per_s"], one["logins_per_s"])
     return {
         "benchmark": "logins per second: GenericOAuthenticator vs XnatOAuthenticator, same provider, same run",
         "settings": settings,
@@ -566,7 +633,14 @@ def build_report(variants: list[Variant], settings: dict, machine: dict) -> dict
             k: round(statistics.median(v), 3) if v else None for k, v in per_round.items()
         },
         "hub_cpu_ratio_generic_over": hub_cpu_ratios,
+        "two_providers_over_one": {
+            "hub_cpu_per_login": two_cost,
+            "logins_per_s": two_rate,
+            "logins": "alternate between the AAF-like and the Google-like provider",
+        },
         "targets": {
+            "two_provider_hub_cpu_per_login_within_5pct": two_cost is not None
+            and two_cost <= TARGET_TWO_PROVIDER_COST,
             "ratio_at_least_0_85": ratio is not None and ratio >= TARGET_RATIO,
             "no_discovery_or_jwks_fetch_after_first_login": warm_fetches == 0,
             "one_xnat_call_per_login_without_permission_check": results["xnat"]["xnat_calls_per_login"]["total"]
@@ -596,6 +670,8 @@ def print_table(report: dict) -> None:
     cpu = report["hub_cpu_ratio_generic_over"]
     for name in ("xnat", "xnat_permission_check", "generic_auth_state"):
         print(f"{name}/generic: logins/s {ratios[name]} (median of rounds {median[name]}), hub CPU {cpu[name]}")
+    two = report["two_providers_over_one"]
+    print(f"two providers/one: hub CPU per login {two['hub_cpu_per_login']}, logins/s {two['logins_per_s']}")
     met = "met" if report["targets"]["ratio_at_least_0_85"] else "NOT met"
     print(f"target: xnat/generic >= {TARGET_RATIO}: {met}")
     m = report["machine"]

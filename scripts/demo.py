@@ -62,17 +62,19 @@ def _port_free(port: int) -> bool:
 # -- configuration ---------------------------------------------------------------------------
 
 
-def hub_config(xnat_url: str, idp: OidcProvider, client_id: str, client_secret: str, hub_url: str) -> str:
-    """The authenticator: the AAF preset pointed at the local provider, and the password form."""
+def hub_config(xnat_url: str, providers: list[dict], hub_url: str) -> str:
+    """The authenticator: an AAF-like and a Google-like provider, and the password form.
+
+    Each provider's client secret comes from the hub's environment (``client_secret_env``), as
+    it should in a deployment: never in the config file.
+    """
     return f"""
 c.JupyterHub.authenticator_class = "xnat-oauth"
 c.XnatOAuthenticator.xnat_url = {xnat_url!r}
 c.XnatOAuthenticator.xnat_site_name = "the xnat-oauth demo"
-# The AAF preset, pointed at the local AAF-like provider instead of central.aaf.edu.au.
-c.XnatOAuthenticator.oidc_provider = "aaf"
-c.XnatOAuthenticator.oidc_issuer = {idp.issuer!r}
-c.XnatOAuthenticator.client_id = {client_id!r}
-c.XnatOAuthenticator.client_secret = {client_secret!r}
+# The AAF and Google presets, pointed at local providers instead of AAF's and Google's.
+c.XnatOAuthenticator.oidc_providers = {providers!r}
+# each provider answers at its own path: /hub/oauth_callback/<id>
 c.XnatOAuthenticator.oauth_callback_url = {hub_url + "/hub/oauth_callback"!r}
 c.JupyterHub.default_url = "/hub/home"
 """
@@ -110,6 +112,16 @@ c.XnatSpawnHooks.local_data_root = {str(workdir / "servers")!r}
 
 
 # -- demo data -------------------------------------------------------------------------------
+
+
+def seed_google_user(xnat: XnatEmulator, idp: OidcProvider, login: str, projects) -> str:
+    """A Google identity and its XNAT account (NRG's Google pattern: [providerId]-[sub])."""
+    claims = idp.google_account(login, hd="example.org")
+    name = f"google-{claims['sub']}"
+    xnat.add_openid_account("google", name, roles=["Jupyter"], first_name=login.capitalize(), email=claims["email"])
+    for p in projects:
+        xnat.grant(name, p)
+    return name
 
 
 def seed_aaf_user(xnat: XnatEmulator, idp: OidcProvider, login: str, projects) -> str:
@@ -231,7 +243,7 @@ def stop_children() -> list[int]:
 # -- the command -----------------------------------------------------------------------------
 
 
-def banner(hub: HubProcess, idp: OidcProvider, xnat: XnatEmulator, aaf_name: str, ui: bool) -> str:
+def banner(hub: HubProcess, idps: dict, xnat: XnatEmulator, names: dict, ui: bool) -> str:
     users = xnat.demo_passwords
     ui_note = (
         "Click 'Start My Server': JupyterLab opens the sample notebook xnat-demo.ipynb."
@@ -241,13 +253,16 @@ def banner(hub: HubProcess, idp: OidcProvider, xnat: XnatEmulator, aaf_name: str
     return f"""
 xnat-oauth demo is running (127.0.0.1 only).
 
-  JupyterHub:          {hub.url}/hub/login
-  AAF-like provider:   {idp.issuer}
-  XNAT emulator:       {xnat.url}
+  JupyterHub:           {hub.url}/hub/login
+  AAF-like provider:    {idps["aaf"].issuer}
+  Google-like provider: {idps["google"].issuer}
+  XNAT emulator:        {xnat.url}
 
 "Log in with AAF": at the provider's form type login  alice  (any password), then consent.
-  You become the XNAT user {aaf_name}
+  You become the XNAT user {names["aaf"]}
   (XNAT's OpenID plugin names users [providerId]_[sub], case preserved).
+"Log in with Google": login  dana  (any password), then consent.
+  You become the XNAT user {names["google"]}  (pattern [providerId]-[sub]).
 
 Or the XNAT password form:
   alice / {users['alice']}      (role Jupyter: gets in)
@@ -284,41 +299,52 @@ def main(argv=None) -> int:
     become_subreaper()
 
     xnat = XnatEmulator.demo(workdir / "xnat")
-    idp = hub = None
+    idps: dict = {}
+    hub = None
     try:
         make_read_only(xnat.archive_root)
-        idp = OidcProvider(workdir / "idp", profile="aaf").start()
         hub_url = f"http://127.0.0.1:{port}"
-        client_id, client_secret = "xnat-oauth-demo", secrets.token_urlsafe(24)
-        idp.add_client(client_id, client_secret, [hub_url + "/hub/oauth_callback"])
-        jwks_uri = httpx.get(idp.discovery_url, trust_env=False).json()["jwks_uri"]
-        xnat.enable_bearer("aaf", issuer=idp.issuer, jwks_url=jwks_uri, accepted_audiences=[client_id])
-        aaf_name = seed_aaf_user(xnat, idp, "alice", ["DEMO_CT", "DEMO_MR"])
-        for name in ("alice", "carol", aaf_name):
+        idps, providers, env, names = {}, [], {}, {}
+        for pid, preset, pattern in (("aaf", "aaf", "[providerId]_[sub]"), ("google", "google", "[providerId]-[sub]")):
+            idp = idps[pid] = OidcProvider(workdir / f"idp-{pid}", profile=preset).start()
+            client_id, secret_env = f"xnat-oauth-demo-{pid}", f"{pid.upper()}_CLIENT_SECRET"
+            env[secret_env] = secrets.token_urlsafe(24)
+            idp.add_client(client_id, env[secret_env], [f"{hub_url}/hub/oauth_callback/{pid}"])
+            jwks_uri = httpx.get(idp.discovery_url, trust_env=False).json()["jwks_uri"]
+            xnat.enable_bearer(pid, issuer=idp.issuer, jwks_url=jwks_uri, accepted_audiences=[client_id],
+                               username_pattern=pattern)
+            providers.append({"id": pid, "preset": preset, "issuer": idp.issuer, "client_id": client_id,
+                              "client_secret_env": secret_env, "username_pattern": pattern})
+        names["aaf"] = seed_aaf_user(xnat, idps["aaf"], "alice", ["DEMO_CT", "DEMO_MR"])
+        names["google"] = seed_google_user(xnat, idps["google"], "dana", ["DEMO_MR"])
+        for name in ("alice", "carol", *names.values()):
             seed_workspace(xnat, name)
 
-        cfg = hub_config(xnat.url, idp, client_id, client_secret, hub_url) + spawner_config(xnat, workdir)
+        cfg = hub_config(xnat.url, providers, hub_url) + spawner_config(xnat, workdir)
         # the plugin's service account reads launch options XNAT stored; never in a notebook's env
-        env = {"JH_XNAT_PASSWORD": xnat.demo_passwords["jupyterhub"]}
+        env["JH_XNAT_PASSWORD"] = xnat.demo_passwords["jupyterhub"]
         hub = HubProcess(workdir / "hub", cfg, port=port, env=env).start()
         # For scripts and tests driving the demo; the scratch dir is git-ignored.
         state = workdir / "demo.json"
         state.touch(mode=0o600)
         state.write_text(json.dumps({
-            "hub_url": hub.url, "xnat_url": xnat.url, "idp_issuer": idp.issuer,
-            "passwords": xnat.demo_passwords, "aaf_login": "alice", "aaf_username": aaf_name,
+            "hub_url": hub.url, "xnat_url": xnat.url, "idp_issuer": idps["aaf"].issuer,
+            "google_issuer": idps["google"].issuer,
+            "passwords": xnat.demo_passwords, "aaf_login": "alice", "aaf_username": names["aaf"],
+            "google_login": "dana", "google_username": names["google"],
             "hub_api_token": hub.api_token,
             "archive_root": str(xnat.archive_root), "workspace_root": str(xnat.workspace_root),
-            "ports": {"hub": hub.port, "xnat": xnat.port, "idp": idp.port, "proxy_api": hub.proxy_api_port},
+            "ports": {"hub": hub.port, "xnat": xnat.port, "idp": idps["aaf"].port,
+                      "google_idp": idps["google"].port, "proxy_api": hub.proxy_api_port},
         }))
-        print(banner(hub, idp, xnat, aaf_name, ui=importlib.util.find_spec("jupyterlab") is not None), flush=True)
+        print(banner(hub, idps, xnat, names, ui=importlib.util.find_spec("jupyterlab") is not None), flush=True)
         while not stop.wait(3600):
             pass
     finally:
         print("Stopping the demo...", flush=True)
         if hub is not None:
             hub.stop()  # the hub stops its single-user servers and its proxy
-        if idp is not None:
+        for idp in idps.values():
             idp.stop()
         xnat.stop()
         left = stop_children()

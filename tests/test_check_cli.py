@@ -34,7 +34,7 @@ from tests.world.idp_login import login_via_idp
 from tests.world.rogue_idp import RogueIdP, code_flow
 from tests.world.xnat_emulator import XnatEmulator
 
-LINE = re.compile(r"^(PASS|FAIL|SKIP|WARN)  ([a-z0-9-]+): (.+)$")
+LINE = re.compile(r"^(PASS|FAIL|SKIP|WARN)  ([a-z0-9-]+(?:\[[A-Za-z0-9_-]+\])?): (.+)$")
 FIX = re.compile(r"^      fix: (.+)$")
 #: an alias token's secret is 64 letters and digits; nothing else printed is that long
 LONG_SECRET = re.compile(r"[A-Za-z0-9]{60,}")

@@ -254,6 +254,19 @@ async def test_demo_aaf_login_stores_a_token_xnat_validates_as_that_user(demo):
     assert await validate_as(state["xnat_url"], token["alias"], token["secret"]) == name
 
 
+async def test_demo_google_login_beside_aaf_and_the_password_form(demo):
+    _, state = demo
+    async with HubBrowser(state["hub_url"]) as b:
+        _, html = await b.login_page()
+        assert html.index("Log in with AAF") < html.index("Log in with Google") < html.index("xnat_password_form")
+        resp = await login_via_idp(b.client, state["hub_url"] + "/hub/oauth_login/google", state["google_login"])
+        assert resp.status_code == 302, resp.text
+    name = state["google_username"]
+    assert name.startswith("google-")
+    token = (await user_auth_state(state, name))["xnat"]["token"]
+    assert await validate_as(state["xnat_url"], token["alias"], token["secret"]) == name
+
+
 async def test_server_environment_holds_the_users_own_token_and_listens_on_loopback(demo, aaf_server):
     _, state = demo
     env, name = aaf_server["env"], aaf_server["name"]

@@ -17,6 +17,7 @@ exist.
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 import json
 import os
 import re
@@ -268,8 +269,13 @@ def the_secret() -> dict:
 # stand-ins for what a site puts into the Secret
 SECRET_VALUES = {
     "oauth-client-secret": "client-secret-not-secret-in-tests",
+    "aaf-client-secret": "aaf-secret-not-secret-in-tests",
+    "google-client-secret": "google-secret-not-secret-in-tests",
     "xnat-service-password": SERVICE_PASSWORD,
 }
+
+#: the overlay with several providers on one login page
+MULTI = "values-aaf-google.yaml"
 
 
 def hub_env(values: dict) -> dict:
@@ -348,7 +354,8 @@ def test_secret_example_holds_placeholders_only_and_is_a_valid_secret():
     assert set(secret["stringData"]) == set(SECRET_VALUES)
     refs = {
         spec["valueFrom"]["secretKeyRef"]["key"]
-        for spec in load_yaml(KUBE / "values.yaml")["hub"]["extraEnv"].values()
+        for values in (load_yaml(KUBE / "values.yaml"), load_yaml(KUBE / MULTI))
+        for spec in values["hub"]["extraEnv"].values()
         if isinstance(spec, dict) and "valueFrom" in spec
     }
     assert refs == set(secret["stringData"])
@@ -767,3 +774,69 @@ def example_files() -> list[Path]:
 @pytest.mark.parametrize("path", example_files(), ids=lambda p: str(p.relative_to(EXAMPLES)))
 def test_no_secret_admin_password_or_private_address_in_examples(path):
     assert scan_file(path) == []
+
+
+# -- AAF and Google on one login page ---------------------------------------------------------
+
+
+def test_the_two_provider_overlay_validates_and_names_only_real_settings(values_validator):
+    assert schema_errors(values_validator, chart_values(MULTI)) == []
+    for section, settings in site_values(MULTI)["hub"]["config"].items():
+        assert set(settings) <= set(TRAIT_OWNERS[section].class_traits(config=True)), section
+
+
+def test_the_two_provider_overlay_starts_with_each_secret_from_the_environment(monkeypatch):
+    values = site_values(MULTI)
+    for name, value in hub_env(values).items():
+        monkeypatch.setenv(name, value)
+    with mock.patch.object(XnatOAuthenticator, "_require_encryption"):
+        auth = XnatOAuthenticator(config=hub_config(values))
+    auth.check_allow_config()
+    aaf, google = auth.providers
+    assert (aaf.id, google.id) == ("aaf", "google")
+    assert aaf.client_secret == SECRET_VALUES["aaf-client-secret"]
+    assert google.client_secret == SECRET_VALUES["google-client-secret"]
+    assert google.username_pattern.pattern == "[providerId]-[sub]"
+    entries = values["hub"]["config"]["XnatOAuthenticator"]["oidc_providers"]
+    assert all("client_secret" not in e for e in entries), "secrets come from the environment only"
+    assert auth.get_callback_url(SimpleNamespace(xnat_provider=google)).endswith("/hub/oauth_callback/google")
+
+
+def test_the_xnat_side_example_matches_the_hubs_providers(tmp_path, monkeypatch):
+    """XNAT's openid-provider.properties example: the same ids, patterns and issuers as the
+    hub's two-provider overlay, and the hub accepts it as its xnat_openid_properties."""
+    from xnat_oauth.xnat_properties import read_xnat_providers
+
+    xnat = {p.id: p for p in read_xnat_providers(EXAMPLES / "xnat" / "openid-provider.properties")}
+    values = site_values(MULTI)
+    hub_side = {e["id"]: e for e in values["hub"]["config"]["XnatOAuthenticator"]["oidc_providers"]}
+    assert list(xnat) == list(hub_side)
+    for pid, entry in hub_side.items():
+        x = xnat[pid]
+        assert x.bearer_enabled and x.jwks_uri.startswith("https://") and x.accepted_audiences
+        assert x.username_pattern == entry.get("username_pattern", "[providerId]_[sub]")
+    for name, value in hub_env(values).items():
+        monkeypatch.setenv(name, value)
+    config = hub_config(values)
+    config.XnatOAuthenticator.xnat_openid_properties = str(EXAMPLES / "xnat" / "openid-provider.properties")
+    with mock.patch.object(XnatOAuthenticator, "_require_encryption"):
+        auth = XnatOAuthenticator(config=config)
+    assert [p.preset.issuer for p in auth.providers] == ["https://central.aaf.edu.au", "https://accounts.google.com"]
+
+
+def test_swarm_config_with_several_providers(swarm_site, monkeypatch, tmp_path):
+    for pid in ("aaf", "google"):
+        secret_file = tmp_path / f"{pid}-secret"
+        secret_file.write_text(f"{pid}-secret-not-secret-in-tests\n")
+        monkeypatch.setenv(f"{pid.upper()}_CLIENT_ID", f"hub-{pid}")
+        monkeypatch.setenv(f"{pid.upper()}_CLIENT_SECRET_FILE", str(secret_file))
+    monkeypatch.setenv("JH_OIDC_PROVIDERS", "aaf,google")
+    c = PyFileConfigLoader("jupyterhub_config.py", path=str(SWARM)).load_config()
+    assert "oidc_provider" not in c.XnatOAuthenticator
+    with mock.patch.object(XnatOAuthenticator, "_require_encryption"):
+        auth = XnatOAuthenticator(config=c)
+    auth.check_allow_config()
+    assert [(p.id, p.client_id, p.client_secret) for p in auth.providers] == [
+        ("aaf", "hub-aaf", "aaf-secret-not-secret-in-tests"),
+        ("google", "hub-google", "google-secret-not-secret-in-tests"),
+    ]

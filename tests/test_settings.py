@@ -128,8 +128,9 @@ class HubUser:
         self.auth_state = auth_state
 
 
-async def callback_from_provider(idp: RogueIdP, account: str | None = None) -> CallbackHandler:
-    """Authorize at the provider as the hub's login handler would; the callback it sends back."""
+async def callback_from_provider(idp: RogueIdP, auth, account: str | None = None) -> CallbackHandler:
+    """Authorize at the provider as the hub's login handler would; the callback it sends back,
+    as the hub's callback handler hands it on (the provider and nonce its login cookie named)."""
     verifier, challenge = pkce_pair()
     nonce = secrets.token_urlsafe(16)
     async with httpx.AsyncClient(trust_env=False) as http:
@@ -149,7 +150,13 @@ async def callback_from_provider(idp: RogueIdP, account: str | None = None) -> C
         )
     assert answer.status_code == 302, answer.text
     code = parse_qs(urlsplit(answer.headers["location"]).query)["code"][0]
-    return CallbackHandler(code, verifier, nonce)
+    handler = CallbackHandler(code, verifier, nonce)
+    handler.xnat_provider, handler.xnat_nonce = auth.provider(None), nonce
+    return handler
+
+
+async def openid_login(auth, idp, account=None):
+    return await auth.get_authenticated_user(await callback_from_provider(idp, auth, account), None)
 
 
 def add_password_user(xnat, name="alice", roles=("Jupyter",)) -> str:
@@ -241,7 +248,7 @@ def test_password_login_off_without_a_provider_does_not_start(xnat):
 async def test_password_login_off_still_logs_in_with_openid(xnat, idp):
     name = add_openid_user(xnat, idp)
     auth = make_authenticator(xnat, oidc=idp, password_login=False)
-    model = await auth.get_authenticated_user(await callback_from_provider(idp), None)
+    model = await openid_login(auth, idp)
     assert model["name"] == name
     assert model["auth_state"]["xnat"]["source"] == "bearer"
 
@@ -267,7 +274,7 @@ async def test_blocked_users_are_refused_and_their_token_invalidated(xnat, idp, 
     else:
         name = add_openid_user(xnat, idp)
         auth = make_authenticator(xnat, oidc=idp, blocked_users={name})
-        attempt = auth.get_authenticated_user(await callback_from_provider(idp), None)
+        attempt = openid_login(auth, idp)
     err = await refused(attempt)
     assert err.status_code == 403
     assert xnat.count("tokens.issue") == 1, "the login did get an XNAT token"
@@ -306,7 +313,7 @@ async def test_manage_groups_on_openid_logins_reads_the_claims(xnat, idp):
     idp.account["groups"] = ["radiology", "staff"]
     name = add_openid_user(xnat, idp)
     auth = make_authenticator(xnat, oidc=idp, manage_groups=True, auth_state_groups_key="oauth_user.groups")
-    model = await auth.get_authenticated_user(await callback_from_provider(idp), None)
+    model = await openid_login(auth, idp)
     assert model["name"] == name and model["groups"] == ["radiology", "staff"]
 
 
@@ -331,7 +338,7 @@ async def test_modify_auth_state_hook(xnat, idp, hook, path):
     else:
         name = add_openid_user(xnat, idp)
         auth = make_authenticator(xnat, oidc=idp, modify_auth_state_hook=hook)
-        model = await auth.get_authenticated_user(await callback_from_provider(idp), None)
+        model = await openid_login(auth, idp)
     assert model["auth_state"]["site"] == "imaging-centre"
     assert model["auth_state"]["xnat"]["username"] == name
 
@@ -407,7 +414,7 @@ async def openid_user_with_refresh_token(xnat, idp, **settings):
     idp.issue_refresh_token = True
     name = add_openid_user(xnat, idp)
     auth = make_authenticator(xnat, oidc=idp, **settings)
-    model = await auth.get_authenticated_user(await callback_from_provider(idp), None)
+    model = await openid_login(auth, idp)
     assert model["auth_state"]["refresh_token"]
     return auth, HubUser(name, model["auth_state"])
 
@@ -465,10 +472,6 @@ async def test_a_refresh_that_returns_someone_else_is_refused(xnat, idp):
 
 
 # -- identity: the login XNAT names, or the pattern's prediction without an exchange -----------
-
-
-async def openid_login(auth, idp, account=None):
-    return await auth.get_authenticated_user(await callback_from_provider(idp, account), None)
 
 
 async def test_the_default_exchange_works_with_opaque_access_tokens(xnat, idp):
@@ -570,3 +573,64 @@ def test_the_old_names_of_the_claim_requirements_still_work_with_a_warning(xnat,
     auth = make_authenticator(xnat, oidc=idp, allowed_home_organisations={"uni.edu.au"})
     assert auth.required_home_organisations == {"uni.edu.au"}
     assert "allowed_home_organisations is deprecated" in caplog.text
+
+
+async def test_a_provider_gone_from_the_configuration_asks_its_users_to_log_in_again(xnat, idp):
+    add_openid_user(xnat, idp)
+    before = make_authenticator(xnat, oidc=idp)
+    model = await openid_login(before, idp)
+    user = HubUser(model["name"], model["auth_state"])
+    assert isinstance(await before.refresh_user(user), dict), "still offered: the session stays"
+    # the site renamed the provider in XNAT and the hub: logins of the old one are not refreshed
+    after = make_authenticator(xnat, oidc=idp, xnat_provider_id="renamed")
+    assert await after.refresh_user(user) is False
+
+
+# -- providers read from XNAT's own openid-provider.properties --------------------------------
+
+
+def xnat_properties(tmp_path, idp, *, issuer=None, pattern="[providerId]_[sub]"):
+    path = tmp_path / "openid-provider.properties"
+    path.write_text(
+        f"openid.providers={PROVIDER_ID}\n"
+        f"openid.{PROVIDER_ID}.issuer={issuer or idp.issuer}\n"
+        f"openid.{PROVIDER_ID}.jwksUri={idp.url('/jwks')}\n"
+        f"openid.{PROVIDER_ID}.usernamePattern={pattern}\n"
+        f"openid.{PROVIDER_ID}.bearer.enabled=true\n"
+        f"openid.{PROVIDER_ID}.audCheck.acceptedAudiences={idp.client_id}\n"
+    )
+    return str(path)
+
+
+def provider_entry(idp, **kw):
+    return {"id": PROVIDER_ID, "client_id": idp.client_id, "client_secret": idp.client_secret, **kw}
+
+
+async def test_the_hub_takes_issuer_and_pattern_from_xnats_own_settings(xnat, idp, tmp_path):
+    path = xnat_properties(tmp_path, idp, pattern="[providerId]-[sub]")
+    auth = make_authenticator(xnat, oidc_providers=[provider_entry(idp)], xnat_openid_properties=path)
+    (p,) = auth.providers
+    assert p.preset.issuer == idp.issuer and p.username_pattern.pattern == "[providerId]-[sub]"
+
+
+def test_a_hub_issuer_unlike_xnats_does_not_start(xnat, idp, tmp_path):
+    path = xnat_properties(tmp_path, idp, issuer=idp.issuer + "/")  # one character apart
+    with pytest.raises(SystemExit, match="is not XNAT's"):
+        make_authenticator(
+            xnat, oidc_providers=[provider_entry(idp, issuer=idp.issuer)], xnat_openid_properties=path
+        )
+
+
+def test_a_provider_xnat_does_not_list_does_not_start(xnat, idp, tmp_path):
+    path = xnat_properties(tmp_path, idp)
+    with pytest.raises(SystemExit, match="not in openid.providers"):
+        make_authenticator(
+            xnat,
+            oidc_providers=[provider_entry(idp, id="other", issuer=idp.issuer)],
+            xnat_openid_properties=path,
+        )
+
+
+def test_single_provider_settings_beside_oidc_providers_are_refused(xnat, idp):
+    with pytest.raises(SystemExit, match="oidc_provider describe the single provider"):
+        make_authenticator(xnat, oidc_providers=[provider_entry(idp, issuer=idp.issuer)], oidc_provider="aaf")

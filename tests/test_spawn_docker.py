@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+import docker
 import pytest
 from traitlets.config import Config
 
@@ -450,6 +451,20 @@ async def test_docker_compute_environment_with_its_env_command_and_a_named_volum
         assert code != 0 and not (models / "new").exists()
     finally:
         await stop(docker_hub, "alice", server)
+        # the hub may still be removing the stopped container: whatever still holds the
+        # volume is this test's own, so it goes first (force), then the volume
+        for container in docker_engine.client.containers.list(all=True, filters={"volume": "xnat-models"}):
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as e:
+                if e.status_code != 409:  # 409: the hub's removal is under way; wait for it
+                    raise
+                try:
+                    container.wait(condition="removed", timeout=60)
+                except docker.errors.NotFound:
+                    pass
         docker_engine.client.volumes.get("xnat-models").remove(force=True)
 
 

@@ -29,18 +29,21 @@ refresh_user                   oauthenticator's, with ``refresh_user_hook``; the
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import base64
 import functools
 import os
+from contextvars import ContextVar
 from functools import cached_property
 from importlib import resources
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 from jupyterhub.crypto import CryptKeeper, EncryptionUnavailable
-from jupyterhub.utils import maybe_future
+from jupyterhub.utils import maybe_future, url_path_join
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLogoutHandler
-from traitlets import Bool, CaselessStrEnum, Float, Integer, Set, Unicode, default, observe
+from tornado.httputil import url_concat
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Integer, List, Set, Unicode, default, observe
 
 from . import compat
 from .auth_state import Identity, XnatAuthState
@@ -67,15 +70,23 @@ from .login_state import (
 )
 from .oidc import handlers as oidc_handlers
 from .oidc.discovery import OidcProvider
-from .oidc.errors import IdentityConflict, IdTokenError
+from .oidc.errors import IdentityConflict, IdTokenError, ProviderBadResponse
 from .oidc.id_token import merge_claims, verify_id_token
 from .oidc.presets import ProviderPreset, generic_preset, get_preset
+from .oidc.providers import ProviderConfig, check_providers, moved_preset, provider_from_entry
 from .password_login import PasswordLogin
 from .throttle import PasswordThrottleSettings, throttle_from_settings
 from .urls import is_loopback_url
-from .user_errors import BEARER_REFUSED_HELP, oidc_login_errors, password_login_errors, user_error
+from .user_errors import (
+    BEARER_REFUSED_HELP,
+    PROVIDER_FAILED,
+    oidc_login_errors,
+    password_login_errors,
+    user_error,
+)
 from .xnat_client import BearerAuth, XnatClient
 from .xnat_login import discard, finish_login
+from .xnat_properties import read_xnat_providers
 
 CRYPT_KEY_HELP = (
     "xnat-oauth keeps each user's XNAT token in JupyterHub's encrypted auth_state, so the hub "
@@ -84,6 +95,9 @@ CRYPT_KEY_HELP = (
     "the same across restarts (a new key logs every user out)."
 )
 
+#: the provider of the login being refreshed, for oauthenticator's refresh-grant hooks
+_REFRESHING: ContextVar[ProviderConfig | None] = ContextVar("xnat_oauth_refreshing", default=None)
+
 #: 0.1 names of the claim requirements -> their names now
 DEPRECATED_NAMES = {
     "allowed_scoped_affiliations": "required_scoped_affiliations",
@@ -91,6 +105,21 @@ DEPRECATED_NAMES = {
     "allowed_home_organisations": "required_home_organisations",
     "allowed_hosted_domains": "required_hosted_domains",
 }
+
+#: single-provider settings that make no sense beside ``oidc_providers``
+SHORTHAND_ONLY = (
+    "oidc_provider",
+    "oidc_issuer",
+    "xnat_provider_id",
+    "xnat_username_pattern",
+    "aaf_idp_entity_id",
+    "required_scoped_affiliations",
+    "required_entitlements",
+    "required_home_organisations",
+    "required_hosted_domains",
+    "xnat_token_exchange",
+    "xnat_exchange_token",
+)
 
 #: the key of user_info (``auth_state["oauth_user"]``) holding the XNAT username of the login
 XNAT_USERNAME_KEY = "xnat_username"
@@ -117,6 +146,7 @@ class XnatLogoutHandler(OAuthLogoutHandler):
 
 class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
     login_handler = oidc_handlers.XnatOAuthLoginHandler
+    callback_handler = oidc_handlers.XnatOAuthCallbackHandler
     logout_handler = XnatLogoutHandler
 
     # -- XNAT ----------------------------------------------------------------------------
@@ -333,15 +363,47 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         endpoint is down then, the old keys serve this long again at most.""",
     )
 
+    oidc_providers = List(
+        Dict(),
+        config=True,
+        help="""Several OpenID providers on one login page, in this order (XNAT sites run
+        several at once: ``openid.providers=aaf,google``). One dict per provider::
+
+            {"id": "aaf", "preset": "aaf", "client_id": "...",
+             "client_secret_env": "AAF_CLIENT_SECRET"}
+            {"id": "google", "preset": "google", "client_id_env": "GOOGLE_CLIENT_ID",
+             "client_secret_file": "/etc/hub-secrets/google",
+             "username_pattern": "[providerId]-[sub]", "required_hosted_domains": ["uni.edu"]}
+            {"id": "keycloak", "issuer": "https://login.example.org/realms/x", "client_id": "...",
+             "client_secret_env": "KEYCLOAK_SECRET", "button_text": "Log in with UniLogin"}
+
+        Keys: ``id`` (the provider's id in XNAT's OpenID plugin, ``openid.<id>.*``, also in the
+        hub's login and callback URLs: ``/hub/oauth_login/<id>``, ``/hub/oauth_callback/<id>``,
+        the redirect URI to register), ``preset`` (aaf, aaf-test, google) and/or ``issuer``,
+        ``client_id`` or ``client_id_env``, ``client_secret_env`` or ``client_secret_file`` (the
+        secret itself never in the config file), ``username_pattern``, ``required_*`` (as the
+        single-provider settings), ``token_exchange``, ``exchange_token``, ``button_text``,
+        ``scope``, ``aaf_idp_entity_id``, ``authorize_url``/``token_url``/``userdata_url``,
+        ``callback_url``. Refused at start: unknown keys, two providers with one id or issuer,
+        and, with several providers, a username pattern without ``[providerId]``. Empty: the
+        single-provider settings (``oidc_provider``, ``oidc_issuer``, ``client_id``, ...) describe
+        the one provider, as before, with its callback at ``/hub/oauth_callback``.""",
+    )
+    xnat_openid_properties = Unicode(
+        "",
+        config=True,
+        help="""Path to XNAT's own ``openid-provider.properties`` (the OpenID plugin's settings,
+        e.g. mounted from the same config map), so hub and XNAT cannot drift: each provider's
+        issuer and username pattern are read from it (``openid.<id>.issuer``,
+        ``openid.<id>.usernamePattern``) unless the hub's entry sets them, and a hub entry whose
+        issuer differs from XNAT's is refused at start. The hub's client registrations stay the
+        hub's (XNAT's ``clientId`` is XNAT's). ``xnat-oauth check`` compares the rest.""",
+    )
+
     @default("scope")
     def _scope_default(self):
-        return list(self.oidc_preset.scopes) if self.oidc_preset else ["openid", "profile", "email"]
-
-    @default("extra_authorize_params")
-    def _extra_authorize_params_default(self):
-        if not self.oidc_preset:
-            return {}
-        return self.oidc_preset.extra_authorize_params(idp_entity_id=self.aaf_idp_entity_id or None)
+        preset = self._shorthand_preset()
+        return list(preset.scopes) if preset else ["openid", "profile", "email"]
 
     # -- password login --------------------------------------------------------------------
 
@@ -389,7 +451,8 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
 
     @default("login_service")
     def _login_service_default(self):
-        return self.oidc_preset.login_service if self.oidc_preset else "OpenID Connect"
+        preset = self._shorthand_preset()
+        return preset.login_service if preset else "OpenID Connect"
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -419,18 +482,26 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         if not self.xnat_url.startswith(("https://", "http://")):
             self._fatal(f"c.XnatOAuthenticator.xnat_url must start with https:// (got {self.xnat_url!r}).")
         try:
-            _ = self.username_pattern_compiled  # checked now, not at the first login
-            if self.oidc_enabled and not self.xnat_provider_id:
-                raise ConfigError("set c.XnatOAuthenticator.xnat_provider_id (the provider's id in XNAT)")
-            if self.oidc_enabled and not self.client_id:
-                raise ConfigError("set c.XnatOAuthenticator.client_id (and client_secret) from the provider")
+            if self.oidc_providers:
+                shorthand = [k for k in SHORTHAND_ONLY if k in self.config.XnatOAuthenticator]
+                if shorthand:
+                    raise ConfigError(
+                        f"{', '.join(shorthand)} describe the single provider; with oidc_providers set, "
+                        "give them in each provider's entry instead"
+                    )
+            elif self._shorthand_preset() is not None:
+                if not self.xnat_provider_id:
+                    raise ConfigError("set c.XnatOAuthenticator.xnat_provider_id (the provider's id in XNAT)")
+                if not self.client_id:
+                    raise ConfigError("set c.XnatOAuthenticator.client_id (and client_secret) from the provider")
             if self.aaf_idp_entity_id and not self.oidc_provider.startswith("aaf"):
                 raise ConfigError("aaf_idp_entity_id only applies with oidc_provider 'aaf' or 'aaf-test'")
-            if (self.authorize_url or self.token_url) and not self.oidc_preset:
+            if (self.authorize_url or self.token_url) and not self.oidc_enabled:
                 raise ConfigError(
                     "authorize_url/token_url are set but no oidc_provider or oidc_issuer: "
                     "ID tokens cannot be verified without the issuer's keys"
                 )
+            _ = self.providers  # each provider's settings are checked now, not at its first login
             if self.userdata_from_id_token:
                 raise ConfigError(
                     "userdata_from_id_token decodes ID tokens without verifying them; "
@@ -493,46 +564,135 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
                 add,
             )
 
-    @cached_property
-    def oidc_preset(self) -> ProviderPreset | None:
-        """The provider in use (preset or generic), None without OpenID login."""
+    # -- the OpenID providers ------------------------------------------------------------------
+
+    def _shorthand_preset(self) -> ProviderPreset | None:
+        """The provider the single-provider settings describe, or None."""
         try:
             if self.oidc_provider:
                 preset = get_preset(self.oidc_provider)
                 if self.oidc_issuer and self.oidc_issuer != preset.issuer:
-                    # A preset's behaviour at another issuer: a staging federation, a test IdP.
-                    self.log.warning(
-                        "oidc_provider %r with oidc_issuer %s: using the preset at that issuer",
-                        self.oidc_provider,
-                        self.oidc_issuer,
-                    )
-                    preset = dataclasses.replace(
-                        preset,
-                        issuer=self.oidc_issuer,
-                        accepted_issuers=(self.oidc_issuer,),
-                        discovery_url=self.oidc_issuer.rstrip("/") + "/.well-known/openid-configuration",
-                    )
+                    return moved_preset(preset, self.oidc_issuer)
                 return preset
             if self.oidc_issuer:
-                return generic_preset(
-                    self.oidc_issuer, xnat_provider_id=self.xnat_provider_id or "oidc"
-                )
+                return generic_preset(self.oidc_issuer, xnat_provider_id=self.xnat_provider_id or "oidc")
         except ConfigError as e:
             self._fatal(str(e))
         return None
 
+    def _shorthand_entry(self) -> dict | None:
+        """The single-provider settings as one ``oidc_providers`` entry (None: no provider)."""
+        preset = self._shorthand_preset()
+        if preset is None:
+            return None
+        entry: dict = {
+            "id": self.xnat_provider_id,
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "username_pattern": self.xnat_username_pattern,
+            "token_exchange": self.xnat_token_exchange,
+            "exchange_token": self.xnat_exchange_token,
+            "button_text": f"Log in with {self.login_service}",
+            "scope": list(self.scope),
+            "aaf_idp_entity_id": self.aaf_idp_entity_id,
+            "callback_url": self.oauth_callback_url,
+            "required_scoped_affiliations": sorted(self.required_scoped_affiliations),
+            "required_entitlements": sorted(self.required_entitlements),
+            "required_home_organisations": sorted(self.required_home_organisations),
+            "required_hosted_domains": sorted(self.required_hosted_domains),
+        }
+        if self.oidc_provider:
+            entry["preset"] = self.oidc_provider
+        if self.oidc_issuer:
+            entry["issuer"] = self.oidc_issuer
+        for key in ("authorize_url", "token_url", "userdata_url"):
+            if getattr(self, key):
+                entry[key] = getattr(self, key)
+        return entry
+
+    @cached_property
+    def providers(self) -> list[ProviderConfig]:
+        """The OpenID providers, in login-page order; empty for a password-only hub."""
+        try:
+            if self.oidc_providers:
+                entries = [dict(e) for e in self.oidc_providers]
+                where = "c.XnatOAuthenticator.oidc_providers[{}]"
+            else:
+                shorthand = self._shorthand_entry()
+                entries = [shorthand] if shorthand else []
+                where = "the OpenID settings{}"
+            if self.xnat_openid_properties:
+                entries = self._with_xnat_settings(entries)
+            return check_providers(
+                provider_from_entry(e, where=where.format(i if self.oidc_providers else ""))
+                for i, e in enumerate(entries)
+            )
+        except ConfigError as e:
+            self._fatal(str(e))
+            raise  # not reached: _fatal exits
+
+    def _with_xnat_settings(self, entries: list[dict]) -> list[dict]:
+        """Entries completed from XNAT's own settings: its issuer and pattern for each id."""
+        xnat = {p.id: p for p in read_xnat_providers(self.xnat_openid_properties)}
+        out = []
+        for e in entries:
+            x = xnat.get(str(e.get("id", "")))
+            if x is None:
+                raise ConfigError(
+                    f"OpenID provider {e.get('id')!r} is not in openid.providers of "
+                    f"{self.xnat_openid_properties}: XNAT would not accept its logins"
+                )
+            e = dict(e)
+            if x.issuer:
+                own = e.get("issuer") or (get_preset(e["preset"]).issuer if e.get("preset") else "")
+                if own and own != x.issuer:
+                    raise ConfigError(
+                        f"OpenID provider {x.id!r}: the hub's issuer {own!r} is not XNAT's "
+                        f"openid.{x.id}.issuer {x.issuer!r} (compared exactly, as XNAT does)"
+                    )
+                e["issuer"] = x.issuer
+            if x.username_pattern and not self._admin_set(e, "username_pattern"):
+                e["username_pattern"] = x.username_pattern
+            out.append(e)
+        return out
+
+    def _admin_set(self, entry: dict, key: str) -> bool:
+        """Whether the admin set ``key`` for this provider (not a default filled in)."""
+        if self.oidc_providers:
+            return key in entry
+        return key == "username_pattern" and "xnat_username_pattern" in self.config.XnatOAuthenticator
+
+    def provider(self, provider_id: str | None) -> ProviderConfig | None:
+        """The provider with this id; None for an unknown one. ``None`` asks for the first."""
+        if provider_id is None:
+            return self.providers[0] if self.providers else None
+        return next((p for p in self.providers if p.id == provider_id), None)
+
+    @property
+    def providers_from_list(self) -> bool:
+        """Providers from ``oidc_providers`` (each with its own callback path)."""
+        return bool(self.oidc_providers)
+
     @property
     def exchange_off(self) -> bool:
-        """OpenID logins get no XNAT token (XNAT 1.8/1.9: no Bearer path)."""
-        return self.xnat_token_exchange == "off"  # noqa: S105 - a setting's value, not a secret
+        """No OpenID provider gets an XNAT token at login (XNAT 1.8/1.9: no Bearer path)."""
+        return bool(self.providers) and all(p.exchange_off for p in self.providers)
 
     @property
     def oidc_enabled(self) -> bool:
-        return self.oidc_preset is not None
+        return bool(self.providers)
 
-    @cached_property
+    @property
+    def oidc_preset(self) -> ProviderPreset | None:
+        """The first provider's preset (or None): the single-provider view some callers keep."""
+        first = self.provider(None)
+        return first.preset if first else None
+
+    @property
     def username_pattern_compiled(self) -> UsernamePattern:
-        return UsernamePattern(self.xnat_username_pattern)
+        """The first provider's username pattern (the single-provider view)."""
+        first = self.provider(None)
+        return first.username_pattern if first else UsernamePattern(self.xnat_username_pattern)
 
     @cached_property
     def _oidc_http(self) -> httpx.AsyncClient:
@@ -544,19 +704,33 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         )
 
     @cached_property
-    def oidc(self) -> OidcProvider:
-        overrides = {
-            "authorization_endpoint": self.authorize_url,
-            "token_endpoint": self.token_url,
-            "userinfo_endpoint": self.userdata_url,
+    def _discovery(self) -> dict[str, OidcProvider]:
+        """Each provider's discovery document and keys, fetched once and cached apart."""
+        return {
+            p.id: OidcProvider.from_preset(
+                self._oidc_http,
+                p.preset,
+                endpoint_overrides={
+                    "authorization_endpoint": p.endpoint_overrides.get("authorize_url"),
+                    "token_endpoint": p.endpoint_overrides.get("token_url"),
+                    "userinfo_endpoint": p.endpoint_overrides.get("userdata_url"),
+                },
+                min_jwks_refresh_interval=self.oidc_jwks_min_refresh_interval,
+                jwks_max_age=self.oidc_jwks_max_age,
+            )
+            for p in self.providers
         }
-        return OidcProvider.from_preset(
-            self._oidc_http,
-            self.oidc_preset,
-            endpoint_overrides=overrides,
-            min_jwks_refresh_interval=self.oidc_jwks_min_refresh_interval,
-            jwks_max_age=self.oidc_jwks_max_age,
-        )
+
+    def discovery(self, provider: ProviderConfig) -> OidcProvider:
+        return self._discovery[provider.id]
+
+    @property
+    def oidc(self) -> OidcProvider:
+        """The first provider's discovery (the single-provider view)."""
+        first = self.provider(None)
+        if first is None:
+            raise ConfigError("no OpenID provider is configured")
+        return self.discovery(first)
 
     @cached_property
     def trusted_proxies(self):
@@ -578,20 +752,12 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
     def _nonces(self) -> oidc_handlers.NonceRegistry:
         return oidc_handlers.NonceRegistry()
 
-    async def oidc_ready(self):
-        """Fill the OAuth endpoints from the discovery document (fetched once, then cached)."""
-        md = await self.oidc.metadata()
-        # oauthenticator's handlers read these traits; set them only when they differ, so each
-        # login does not fire traitlets' change machinery
-        endpoints = {
-            "authorize_url": md.authorization_endpoint,
-            "token_url": md.token_endpoint,
-            "userdata_url": md.userinfo_endpoint or self.userdata_url,
-        }
-        for name, value in endpoints.items():
-            if getattr(self, name) != value:
-                setattr(self, name, value)
-        return md
+    async def oidc_ready(self, provider: ProviderConfig | None = None):
+        """The provider's discovery document (fetched once per provider, then cached)."""
+        provider = provider or self.provider(None)
+        if provider is None:
+            raise ConfigError("no OpenID provider is configured")
+        return await self.discovery(provider).metadata()
 
     @cached_property
     def xnat(self) -> XnatClient:
@@ -620,9 +786,16 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         # JupyterHub renders this as a Jinja template with its own context; ours is baked in.
         template = _login_template()
         ours = {
-            "xnat_oidc_enabled": self.oidc_enabled,
-            "xnat_login_service": f"Log in with {self.login_service}",
-            "xnat_login_service_name": self.login_service,
+            "xnat_providers": [
+                {
+                    "id": p.id,
+                    # the first provider also answers at /oauth_login (oauthenticator's login_url)
+                    "url": url_path_join(base_url, "oauth_login", *([p.id] if self.providers_from_list else [])),
+                    "text": p.button_text,
+                    "service": p.login_service,
+                }
+                for p in self.providers
+            ],
             "xnat_password_login": self.password_login,
             "xnat_site_name": self.xnat_site_name,
         }
@@ -641,11 +814,40 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
 
     # -- the login chain (oauthenticator's authenticate calls these in order) ---------------
 
+    def get_handlers(self, app):
+        # oauthenticator's /oauth_login, /oauth_callback, /logout, and one of each per provider
+        provider_path = r"/([A-Za-z][A-Za-z0-9_-]{0,63})"
+        return [
+            *super().get_handlers(app),
+            (r"/oauth_login" + provider_path, self.login_handler),
+            (r"/oauth_callback" + provider_path, self.callback_handler),
+        ]
+
+    def callback_route(self, provider: ProviderConfig) -> str | None:
+        """The path segment after ``/oauth_callback`` where ``provider``'s answers arrive."""
+        if not self.providers_from_list:
+            return None  # the single-provider settings keep /hub/oauth_callback
+        if provider.callback_url and urlsplit(provider.callback_url).path.rstrip("/").endswith("/oauth_callback"):
+            return None
+        return provider.id
+
+    def get_callback_url(self, handler=None):
+        provider = getattr(handler, "xnat_provider", None) or self.provider(None)
+        if provider is not None and provider.callback_url:
+            return provider.callback_url
+        url = super().get_callback_url(handler)
+        if provider is not None and self.callback_route(provider) is not None:
+            url = url.rstrip("/") + "/" + provider.id
+        return url
+
     def build_access_tokens_request_params(self, handler, data=None):
-        if data is None:  # the OAuth callback
-            if not self.oidc_enabled:
+        if data is None:  # the OAuth callback: oauthenticator's code, redirect URI and PKCE
+            provider = getattr(handler, "xnat_provider", None)
+            if provider is None:
                 raise user_error(404, "OpenID login is not configured on this hub.")
-            return super().build_access_tokens_request_params(handler, data)
+            params = super().build_access_tokens_request_params(handler, data)
+            params.pop("data", None)
+            return self._with_client(params, provider)
         # The password form posted to /hub/login. What it holds stays in this process: the
         # password reaches XNAT once, in get_token_info, and nothing else.
         if not self.password_login:
@@ -663,6 +865,19 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
             ),
         }
 
+    def build_refresh_token_request_params(self, refresh_token):
+        params = super().build_refresh_token_request_params(refresh_token)
+        provider = _REFRESHING.get()
+        return self._with_client(params, provider) if provider is not None else params
+
+    def _with_client(self, params: dict, provider: ProviderConfig) -> dict:
+        """``params`` with this provider's client credentials (oauthenticator puts the hub-wide
+        ones in the body when it does not use HTTP Basic)."""
+        if not self.basic_auth:
+            params["client_id"] = provider.client_id
+            params["client_secret"] = provider.client_secret
+        return params
+
     async def get_token_info(self, handler, params):
         if params.get("grant_type") == PASSWORD_GRANT:
             with password_login_errors(self.log, self._password_login.log_ref(params["username"])):
@@ -672,15 +887,18 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
             return {"token_type": XNAT_TOKEN_TYPE, STEP_KEY: LoginStep(PASSWORD_GRANT, record=record)}
 
         grant = params.get("grant_type")
-        with oidc_login_errors(self.log, self.xnat_provider_id):
-            nonce = None
-            if grant == "authorization_code":
+        if grant == "authorization_code":
+            provider, nonce = handler.xnat_provider, handler.xnat_nonce
+        else:  # a refresh grant: the provider of the login being refreshed
+            provider, nonce = _REFRESHING.get(), None
+        if provider is None:
+            raise user_error(403, "This login's identity provider is not offered on this hub any more.")
+        with oidc_login_errors(self.log, provider.id):
+            if grant == "authorization_code" and not nonce:
                 # Before the code is redeemed: a browser without its login nonce gets nothing.
-                nonce = oidc_handlers.pop_login_nonce(handler)
-                if not nonce:
-                    raise IdTokenError("nonce", "no nonce in this browser's login state")
-            await self.oidc_ready()
-            token_info = dict(await super().get_token_info(handler, params))
+                raise IdTokenError("nonce", "no nonce in this browser's login state")
+            metadata = await self.oidc_ready(provider)
+            token_info = await self._token_request(provider, metadata.token_endpoint, params)
             id_claims = None
             if grant == "authorization_code" or token_info.get("id_token"):
                 id_token = token_info.get("id_token")
@@ -688,8 +906,8 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
                     raise IdTokenError("malformed", "the provider returned no ID token")
                 id_claims = await verify_id_token(
                     id_token,
-                    provider=self.oidc,
-                    client_id=self.client_id,
+                    provider=self.discovery(provider),
+                    client_id=provider.client_id,
                     nonce=nonce,
                     # ID tokens from a refresh grant carry no nonce (OIDC Core 12.2)
                     require_nonce=nonce is not None,
@@ -698,8 +916,31 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
                 )
                 if nonce is not None and not self._nonces.use(nonce):
                     raise IdTokenError("nonce", "nonce already used (replayed login)")
-        token_info[STEP_KEY] = LoginStep(grant, id_claims=id_claims)
+        token_info[STEP_KEY] = LoginStep(grant, id_claims=id_claims, provider=provider)
         return token_info
+
+    async def _token_request(self, provider: ProviderConfig, token_endpoint: str, params: dict) -> dict:
+        """The provider's token response (oauthenticator's request, at this provider, with its client)."""
+        headers = {"Accept": "application/json", "User-Agent": "JupyterHub"}
+        if self.basic_auth:
+            pair = f"{provider.client_id}:{provider.client_secret}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        token_info = await self.httpfetch(
+            token_endpoint,
+            "requesting tokens",
+            method="POST",
+            headers=headers,
+            body=urlencode(params).encode("utf-8"),
+            validate_cert=self.validate_server_cert,
+        )
+        if not isinstance(token_info, dict):
+            raise ProviderBadResponse(f"{provider.id}'s token endpoint answered no JSON object")
+        if "error" in token_info or "error_description" in token_info:
+            self.log.warning("%s's token endpoint refused the login: %s", provider.id, token_info.get("error"))
+            raise user_error(403, PROVIDER_FAILED)
+        if not token_info.get("access_token"):
+            raise ProviderBadResponse(f"{provider.id}'s token response has no access_token")
+        return dict(token_info)
 
     async def token_to_user(self, token_info):
         step = login_step(token_info)
@@ -707,12 +948,35 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
             return await self._recheck_stored_login(token_info)
         if step.kind == PASSWORD_GRANT and step.record is not None:
             return {XNAT_USERNAME_KEY: step.record.username}
-        with oidc_login_errors(self.log, self.xnat_provider_id):
-            return await self._openid_user(token_info, step)
+        provider = step.provider
+        if provider is None:
+            raise user_error(403, "This login's identity provider is not offered on this hub any more.")
+        with oidc_login_errors(self.log, provider.id):
+            return await self._openid_user(token_info, step, provider)
 
-    async def _openid_user(self, token_info, step: LoginStep) -> dict:
+    async def _userinfo(self, provider: ProviderConfig, token_info: dict) -> dict | None:
+        """The provider's userinfo for this access token (None when it has no userinfo endpoint)."""
+        endpoint = (await self.oidc_ready(provider)).userinfo_endpoint
+        if not endpoint:
+            return None
+        access_token, token_type = token_info["access_token"], token_info.get("token_type", "Bearer")
+        url = url_concat(endpoint, self.userdata_params)
+        if self.userdata_token_method == "url":  # noqa: S105 - oauthenticator's setting, not a secret
+            url = url_concat(url, {"access_token": access_token})
+        info = await self.httpfetch(
+            url,
+            "fetching user info",
+            method="GET",
+            headers=self.build_userdata_request_headers(access_token, token_type),
+            validate_cert=self.validate_server_cert,
+        )
+        if not isinstance(info, dict):
+            raise ProviderBadResponse(f"{provider.id}'s userinfo answered no JSON object")
+        return info
+
+    async def _openid_user(self, token_info, step: LoginStep, provider: ProviderConfig) -> dict:
         """Claims -> username -> claim rules -> XNAT token, for a login or a refresh grant."""
-        userinfo = await super().token_to_user(token_info) if self.userdata_url else None
+        userinfo = await self._userinfo(provider, token_info)
         id_claims = step.id_claims
         if id_claims is None:
             # A refresh grant without a new ID token: userinfo, fetched with the new access
@@ -720,24 +984,21 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
             sub = (userinfo or {}).get("sub")
             if not isinstance(sub, str) or not sub:
                 raise IdTokenError("malformed", "the refresh returned neither an ID token nor a userinfo sub")
-            id_claims = {"iss": self.oidc.issuer, "sub": sub}
+            id_claims = {"iss": self.discovery(provider).issuer, "sub": sub}
         claims = merge_claims(id_claims, userinfo)
-        preset = self.oidc_preset
-        if preset is None:  # the callback refuses first when no provider is configured
-            raise IdTokenError("malformed", "no OpenID provider is configured")
         # The plugin's mapping key. Requirements first: a refused login never reaches XNAT.
-        auth_user = self.username_pattern_compiled.mapping_key(claims, self.xnat_provider_id)
+        auth_user = provider.username_pattern.mapping_key(claims, provider.id)
         check_aaf_claims(
             claims,
-            required_scoped_affiliations=self.required_scoped_affiliations,
-            required_entitlements=self.required_entitlements,
-            required_home_organisations=self.required_home_organisations,
+            required_scoped_affiliations=provider.required_scoped_affiliations,
+            required_entitlements=provider.required_entitlements,
+            required_home_organisations=provider.required_home_organisations,
         )
-        if self.required_hosted_domains:
-            check_hosted_domain(claims, self.required_hosted_domains)
-        identity = Identity(preset.name, id_claims["iss"], id_claims["sub"], auth_user)
+        if provider.required_hosted_domains:
+            check_hosted_domain(claims, provider.required_hosted_domains)
+        identity = Identity(provider.id, id_claims["iss"], id_claims["sub"], auth_user)
 
-        if self.exchange_off:
+        if provider.exchange_off:
             # No XNAT call can name the login: the pattern predicts it, which is right for
             # accounts the plugin auto-created, and it must be a login XNAT can have at all.
             login = check_xnat_username(sanitize_username(auth_user))
@@ -746,9 +1007,9 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
                 url=self.xnat.url, username=login, source="none", token=None, identity=identity
             )
         else:
-            bearer = token_info.get(self.xnat_exchange_token)
+            bearer = token_info.get(provider.exchange_token)
             if not bearer:
-                raise IdTokenError("missing_claim", f"the provider returned no {self.xnat_exchange_token}")
+                raise IdTokenError("missing_claim", f"the provider returned no {provider.exchange_token}")
             issued = await self.xnat.issue_token(BearerAuth(bearer))
             record = await finish_login(
                 self.xnat,
@@ -769,12 +1030,12 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
                 self.log.info(
                     "XNAT names the %s login %s (the hub's xnat_username_pattern renders %s): a "
                     "merged or linked account, or a pattern unlike XNAT's usernamePattern",
-                    preset.name,
+                    provider.id,
                     record.username,
                     auth_user,
                 )
         step.record = record
-        self.log.info("OpenID login (%s) for %s, XNAT token: %s", preset.name, record.username, record.source)
+        self.log.info("OpenID login (%s) for %s, XNAT token: %s", provider.id, record.username, record.source)
         return {**claims, XNAT_USERNAME_KEY: record.username}
 
     async def _recheck_stored_login(self, token_info) -> dict:
@@ -783,6 +1044,9 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         if stored is None:
             raise XnatTokenExpired("no usable XNAT record in auth_state (older version?)")
         record, user_info = stored
+        if record.identity is not None and self.provider(record.identity.provider) is None:
+            # The provider left the configuration: its users log in again, with another one.
+            raise XnatTokenExpired(f"provider {record.identity.provider!r} is no longer configured")
         if record.url != self.xnat.url:
             # The token belongs to another XNAT (xnat_url changed): never send it anywhere.
             raise XnatTokenExpired(f"the XNAT token is for {record.url}, not {self.xnat.url}")
@@ -905,6 +1169,10 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
 
     async def _refresh_once(self, user, handler, **kwargs):
         before = XnatAuthState.maybe_from_auth_state(await user.get_auth_state())
+        # oauthenticator's refresh grant hooks receive no user: they find the provider the login
+        # came from here (this task's own context, so concurrent refreshes do not mix)
+        identity = before.identity if before is not None else None
+        _REFRESHING.set(self.provider(identity.provider) if identity is not None else None)
         result = await super().refresh_user(user, handler, **kwargs)
         if not isinstance(result, dict):
             return result

@@ -24,6 +24,7 @@ scrubbed of every secret value the context knows (client secret, passwords, toke
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -114,7 +115,7 @@ class Check:
 
     name: str
     run: Callable[["CheckContext"], Awaitable[Outcome]]
-    order: int = 100
+    order: float = 100
 
 
 @dataclass(frozen=True)
@@ -720,7 +721,8 @@ async def check_bearer_exchange(ctx: CheckContext) -> Outcome:
     if problem:
         return failed(problem, "give a file that holds only the token (an ID token or access token)")
     ctx.keep_secret(token)
-    pid = auth.xnat_provider_id or "<provider>"
+    token_provider = _token_provider(auth, _token_claims(token))
+    pid = token_provider.id if token_provider is not None else "<provider>"
     client = ctx.hub_xnat()
     try:
         issued = await client.issue_token(BearerAuth(token))
@@ -768,36 +770,6 @@ async def check_bearer_exchange(ctx: CheckContext) -> Outcome:
     )
 
 
-async def check_xnat_openid_settings(ctx: CheckContext) -> Outcome:
-    """What XNAT's OpenID plugin must say for this hub's logins to work, with this provider's
-    own issuer and JWKS URL (from discovery), so the admin can compare line by line."""
-    if (off := _oidc_off(ctx)) is not None:
-        return off
-    auth = ctx.authenticator
-    pid = auth.xnat_provider_id or "<provider>"
-    pattern = auth.xnat_username_pattern or "[providerId]_[sub]"
-    if auth.exchange_off:
-        return passed(
-            f"xnat_token_exchange is 'off' (XNAT 1.8/1.9): the hub user is the pattern's rendering, "
-            f"so XNAT must create accounts under that name: openid.{pid}.forceUserCreate=true and "
-            f"openid.{pid}.usernamePattern={pattern}; accounts merged or linked under another login "
-            "cannot log in to the hub this way"
-        )
-    if not ctx.passed("oidc-discovery"):
-        return skipped("needs the discovery document (see oidc-discovery)")
-    md = await auth.oidc.metadata()
-    return passed(
-        "XNAT 1.10 with openid-auth-plugin 1.6.0 or later (XNAT 1.8/1.9 have no Bearer path), and "
-        f"in openid-provider.properties: openid.{pid}.bearer.enabled=true, "
-        f"openid.{pid}.issuer={md.issuer}, openid.{pid}.jwksUri={md.jwks_uri}, "
-        f"openid.{pid}.audCheck.acceptedAudiences={auth.client_id or '<client id>'}, "
-        f"openid.{pid}.usernamePattern={pattern}, and openid.{pid}.bearer.forceUserCreate=true "
-        f"unless every user's XNAT account already exists; the hub sends the "
-        f"{auth.xnat_exchange_token.replace('_', ' ')}; openid.{pid}.allowedEmailDomains, if set, "
-        "applies to the token's email claim"
-    )
-
-
 def _read_token(path: str) -> tuple[str, str | None]:
     try:
         with open(path, "rb") as f:
@@ -815,23 +787,39 @@ def _read_token(path: str) -> tuple[str, str | None]:
     return token, None
 
 
-def _hub_username(auth, token: str) -> str | None:
-    """The username the hub's pattern gives for a JWT's claims; None if it cannot tell.
-
-    The claims are read without verification: XNAT has just verified the token, and this
-    only compares two mappings of the same claims.
-    """
+def _token_claims(token: str) -> dict | None:
+    """A JWT's claims, read without verification (XNAT has just verified the token, and this
+    only compares two mappings of the same claims); None if it is not a JWT."""
     from joserfc.errors import JoseError
     from joserfc.jws import extract_compact
 
-    if token.count(".") != 2 or auth.oidc_preset is None:
+    if token.count(".") != 2:
         return None
     try:
         claims = json.loads(extract_compact(token.encode("ascii")).payload)
-        if not isinstance(claims, dict):
-            return None
-        return auth.username_pattern_compiled.render(claims, auth.xnat_provider_id)
-    except (JoseError, ValueError, XnatOAuthError):
+    except (JoseError, ValueError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def _token_provider(auth, claims: dict | None):
+    """The hub's provider whose issuer signed these claims (the first one if it cannot tell)."""
+    if claims is not None:
+        for p in auth.providers:
+            if claims.get("iss") in p.preset.accepted_issuers:
+                return p
+    return auth.provider(None)
+
+
+def _hub_username(auth, token: str) -> str | None:
+    """The username the hub's pattern gives for a JWT's claims; None if it cannot tell."""
+    claims = _token_claims(token)
+    provider = _token_provider(auth, claims)
+    if claims is None or provider is None:
+        return None
+    try:
+        return provider.username_pattern.render(claims, provider.id)
+    except XnatOAuthError:
         return None
 
 
@@ -847,56 +835,60 @@ def _oidc_off(ctx: CheckContext) -> Outcome | None:
     except SystemExit:
         return skipped("the OpenID settings are refused (see hub-config)")
     if not enabled:
-        return skipped("no OpenID provider configured (oidc_provider, oidc_issuer): password form only")
+        return skipped("no OpenID provider configured (oidc_provider, oidc_issuer, oidc_providers): password form only")
     return None
 
 
-async def check_oidc_discovery(ctx: CheckContext) -> Outcome:
+def check_name(auth, base: str, provider) -> str:
+    """``base`` for the single-provider settings, ``base[<id>]`` for each of several providers."""
+    return f"{base}[{provider.id}]" if auth is not None and auth.providers_from_list else base
+
+
+async def check_oidc_discovery(ctx: CheckContext, provider=None) -> Outcome:
     from .oidc.errors import IssuerMismatch, ProviderBadResponse, ProviderUnavailable
 
     if (off := _oidc_off(ctx)) is not None:
         return off
     auth = ctx.authenticator
+    provider = provider or auth.provider(None)
     try:
-        provider = auth.oidc
+        discovery = auth.discovery(provider)
     except ConfigError as e:
-        return failed(str(e), "use the provider's https issuer URL in c.XnatOAuthenticator.oidc_issuer")
+        return failed(str(e), "use the provider's https issuer URL")
     # the authenticator's own provider client (its timeout, its TLS settings) is checked as is
     ctx.on_cleanup(auth._oidc_http.aclose)
     try:
-        md = await provider.metadata()
+        md = await discovery.metadata()
     except IssuerMismatch as e:
         return failed(
             str(e),
             "the issuer must match exactly, character for character (https, host, path, trailing "
-            "slash): set c.XnatOAuthenticator.oidc_issuer to your provider's issuer; if the "
+            f"slash): set the issuer of provider {provider.id!r} to your provider's issuer; if the "
             "document is not your provider's, the issuer URL points at the wrong server",
         )
     except ProviderBadResponse as e:
-        return failed(
-            str(e),
-            f"check c.XnatOAuthenticator.oidc_issuer: the discovery document must be at "
-            f"{provider.discovery_url}",
-        )
+        return failed(str(e), f"check the issuer of provider {provider.id!r}: the discovery document must be at {discovery.discovery_url}")
     except ProviderUnavailable as e:
         return failed(
             str(e),
             "check that the provider is up and that the hub can reach it (DNS, firewall, outbound "
             "access from the hub's host or container)",
         )
-    return passed(f"{provider.discovery_url} names issuer {md.issuer}, as configured")
+    return passed(f"{discovery.discovery_url} names issuer {md.issuer}, as configured")
 
 
-async def check_oidc_jwks(ctx: CheckContext) -> Outcome:
+async def check_oidc_jwks(ctx: CheckContext, provider=None) -> Outcome:
     from .oidc.discovery import KEY_TYPES_BY_ALG
     from .oidc.errors import ProviderBadResponse, ProviderUnavailable
 
     if (off := _oidc_off(ctx)) is not None:
         return off
-    if not ctx.passed("oidc-discovery"):
+    auth = ctx.authenticator
+    provider = provider or auth.provider(None)
+    if not ctx.passed(check_name(auth, "oidc-discovery", provider)):
         return skipped("needs the discovery document (see oidc-discovery)")
-    provider = ctx.authenticator.oidc
-    md = await provider.metadata()
+    discovery = auth.discovery(provider)
+    md = await discovery.metadata()
     algs = set(md.id_token_signing_alg_values_supported)
     if algs and not algs & set(KEY_TYPES_BY_ALG):
         return failed(
@@ -904,7 +896,7 @@ async def check_oidc_jwks(ctx: CheckContext) -> Outcome:
             "configure the hub's client at the provider to sign ID tokens with RS256 or ES256",
         )
     try:
-        cache = await provider.jwks()
+        cache = await discovery.jwks()
         key_set = await cache.get_key_set()
     except ProviderBadResponse as e:
         return failed(str(e), "the provider must publish an RSA or EC P-256 signing key in its JWKS")
@@ -915,43 +907,52 @@ async def check_oidc_jwks(ctx: CheckContext) -> Outcome:
     return passed(f"{md.jwks_uri}: {len(key_set.keys)} signing key(s) ({listed})")
 
 
-async def check_oidc_client(ctx: CheckContext) -> Outcome:
+async def check_oidc_client(ctx: CheckContext, provider=None) -> Outcome:
     if (off := _oidc_off(ctx)) is not None:
         return off
     auth = ctx.authenticator
+    provider = provider or auth.provider(None)
     register = "register the hub with the provider, then set"
-    if not auth.client_id:
-        return failed(
-            "client_id is not set",
-            f"{register} c.XnatOAuthenticator.client_id and client_secret (or OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET)",
-        )
-    if not auth.client_secret:
-        return failed(
-            "client_secret is not set",
-            f"{register} c.XnatOAuthenticator.client_secret (or OAUTH_CLIENT_SECRET) from a secret store",
-        )
-    if not auth.xnat_provider_id:
-        return failed(
-            "xnat_provider_id is not set",
-            "set c.XnatOAuthenticator.xnat_provider_id to the provider's id in XNAT's OpenID plugin (openid.<id>.*)",
-        )
+    where = (
+        f"c.XnatOAuthenticator.oidc_providers entry {provider.id!r}: client_id (or client_id_env) and "
+        "client_secret_env (or client_secret_file)"
+        if auth.providers_from_list
+        else "c.XnatOAuthenticator.client_id and client_secret (or OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET)"
+    )
+    if not provider.client_id:
+        return failed("client_id is not set", f"{register} {where}")
+    if not provider.client_secret:
+        return failed("client_secret is not set", f"{register} {where}, from a secret store")
     return passed(
-        f"client_id {auth.client_id!r}, client secret set, XNAT provider id {auth.xnat_provider_id!r}, "
-        f"XNAT token exchange {auth.xnat_token_exchange!r}"
+        f"client_id {provider.client_id!r}, client secret set, XNAT provider id {provider.id!r}, "
+        f"XNAT token exchange {provider.token_exchange!r}"
     )
 
 
-async def check_callback_url(ctx: CheckContext) -> Outcome:
+async def check_callback_url(ctx: CheckContext, provider=None) -> Outcome:
     if (off := _oidc_off(ctx)) is not None:
         return off
-    url = ctx.authenticator.oauth_callback_url
+    auth = ctx.authenticator
+    provider = provider or auth.provider(None)
+    route = auth.callback_route(provider)
+    url = provider.callback_url or (
+        auth.oauth_callback_url.rstrip("/") + f"/{route}" if auth.oauth_callback_url and route else auth.oauth_callback_url
+    )
     base_url = "/"
     if "JupyterHub" in ctx.config and "base_url" in ctx.config.JupyterHub:
         base_url = str(ctx.config.JupyterHub.base_url) or "/"
     path = "/" + base_url.strip("/") + "/hub/oauth_callback" if base_url.strip("/") else "/hub/oauth_callback"
+    if route:
+        path += f"/{route}"
+    setting = (
+        f"the oidc_providers entry {provider.id!r}'s callback_url, or c.XnatOAuthenticator.oauth_callback_url (the "
+        "hub adds /<id> to it)"
+        if auth.providers_from_list
+        else "c.XnatOAuthenticator.oauth_callback_url (or OAUTH_CALLBACK_URL)"
+    )
     fix = (
-        f"set c.XnatOAuthenticator.oauth_callback_url (or OAUTH_CALLBACK_URL) to "
-        f"https://<the hub's public host>{path}, exactly as registered with the provider"
+        f"set {setting} so that this provider's redirect URI is https://<the hub's public host>{path}, "
+        "exactly as registered with the provider"
     )
     if not url:
         return failed("oauth_callback_url is not set: the hub would build it from each request's Host header", fix)
@@ -967,6 +968,101 @@ async def check_callback_url(ctx: CheckContext) -> Outcome:
     return passed(url)
 
 
+async def check_xnat_openid_settings(ctx: CheckContext, provider=None) -> Outcome:
+    """What XNAT's OpenID plugin must say for this provider's logins to work, with its own
+    issuer and JWKS URL (from discovery), so the admin can compare line by line; compared with
+    XNAT's own file when ``xnat_openid_properties`` names it."""
+    if (off := _oidc_off(ctx)) is not None:
+        return off
+    auth = ctx.authenticator
+    provider = provider or auth.provider(None)
+    pid = provider.id
+    pattern = provider.username_pattern.pattern
+    if provider.exchange_off:
+        return passed(
+            f"the token exchange is 'off' (XNAT 1.8/1.9): the hub user is the pattern's rendering, "
+            f"so XNAT must create accounts under that name: openid.{pid}.forceUserCreate=true and "
+            f"openid.{pid}.usernamePattern={pattern}; accounts merged or linked under another login "
+            "cannot log in to the hub this way"
+        )
+    if not ctx.passed(check_name(auth, "oidc-discovery", provider)):
+        return skipped("needs the discovery document (see oidc-discovery)")
+    md = await auth.discovery(provider).metadata()
+    wanted = {
+        "bearer.enabled": "true",
+        "issuer": md.issuer,
+        "jwksUri": md.jwks_uri,
+        "audCheck.acceptedAudiences": provider.client_id or "<client id>",
+        "usernamePattern": pattern,
+    }
+    if auth.xnat_openid_properties:
+        return _compare_with_xnat(auth, provider, wanted)
+    return passed(
+        "XNAT 1.10 with openid-auth-plugin 1.6.0 or later (XNAT 1.8/1.9 have no Bearer path), and "
+        "in openid-provider.properties: "
+        + ", ".join(f"openid.{pid}.{k}={v}" for k, v in wanted.items())
+        + f", and openid.{pid}.bearer.forceUserCreate=true unless every user's XNAT account already "
+        f"exists; the hub sends the {provider.exchange_token.replace('_', ' ')}; "
+        f"openid.{pid}.allowedEmailDomains, if set, applies to the token's email claim"
+    )
+
+
+def _compare_with_xnat(auth, provider, wanted: dict[str, str]) -> Outcome:
+    from .xnat_properties import read_xnat_providers
+
+    path = auth.xnat_openid_properties
+    try:
+        xnat = {p.id: p for p in read_xnat_providers(path)}
+    except ConfigError as e:
+        return failed(str(e), "c.XnatOAuthenticator.xnat_openid_properties must name XNAT's openid-provider.properties")
+    pid = provider.id
+    theirs = xnat.get(pid)
+    if theirs is None:
+        return failed(f"{path} has no provider {pid!r} in openid.providers", f"add {pid} to openid.providers in XNAT")
+    wrong = []
+    for key, value in wanted.items():
+        have = theirs.raw.get(key)
+        if key == "audCheck.acceptedAudiences":
+            ok = value in [a.strip() for a in (have or "").split(",")]
+        elif key == "bearer.enabled":
+            ok = (have or "").strip().lower() == "true"
+        else:
+            ok = have == value  # exactly, as XNAT compares (a trailing space breaks it)
+        if not ok:
+            wrong.append(f"openid.{pid}.{key} is {have!r}, the hub needs {value!r}")
+    if wrong:
+        return failed(
+            f"XNAT's {path} disagrees with the hub: " + "; ".join(wrong),
+            "make XNAT's settings and the hub's agree (the usernamePattern must be the same on both sides)",
+        )
+    return passed(f"XNAT's {path} agrees: Bearer tokens of {pid} accepted for this hub's client, same issuer, keys and pattern")
+
+
+def oidc_checks(ctx: CheckContext) -> list[Check]:
+    """The OpenID checks, once per provider (one set, unnamed, for the single-provider settings)."""
+    auth = ctx.authenticator
+    try:
+        providers = auth.providers if auth is not None else []
+    except SystemExit:
+        providers = []
+    if not providers:
+        return [Check(name, fn, order) for name, fn, order in OIDC_CHECKS]
+    out = []
+    for n, p in enumerate(providers):
+        for name, fn, order in OIDC_CHECKS:
+            out.append(Check(check_name(auth, name, p), functools.partial(fn, provider=p), order + n / 100))
+    return out
+
+
+OIDC_CHECKS = (
+    ("oidc-discovery", check_oidc_discovery, 70),
+    ("oidc-jwks", check_oidc_jwks, 71),
+    ("oidc-client", check_oidc_client, 72),
+    ("callback-url", check_callback_url, 73),
+    ("xnat-openid-settings", check_xnat_openid_settings, 74),
+)
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -980,11 +1076,6 @@ CORE_CHECKS: tuple[Check, ...] = (
     Check("bearer-exchange", check_bearer_exchange, 52),
     Check("jupyterhub-plugin", check_jupyterhub_plugin, 55),
     Check("xnat-version", check_xnat_version, 60),
-    Check("oidc-discovery", check_oidc_discovery, 70),
-    Check("oidc-jwks", check_oidc_jwks, 71),
-    Check("oidc-client", check_oidc_client, 72),
-    Check("callback-url", check_callback_url, 73),
-    Check("xnat-openid-settings", check_xnat_openid_settings, 74),
 )
 
 
@@ -1081,7 +1172,12 @@ def run(
         auth = ctx.authenticator
         ctx.timeout = xnat_timeout or auth.xnat_timeout
         ctx.keep_secret(auth.client_secret)
-    checks = [*CORE_CHECKS, *provider_checks(ctx)]
+        try:
+            for p in auth.providers:
+                ctx.keep_secret(p.client_secret)
+        except SystemExit:
+            pass  # hub-config reports the refused settings
+    checks = [*CORE_CHECKS, *oidc_checks(ctx), *provider_checks(ctx)]
     asyncio.run(run_checks(ctx, checks, reporter))
     return 1 if reporter.counts[FAIL] else 0
 

@@ -37,6 +37,8 @@ class LoginStep:
     kind: str
     id_claims: dict[str, Any] | None = None
     record: XnatAuthState | None = None
+    #: the OpenID provider (a ``ProviderConfig``) of an OpenID login
+    provider: Any = None
 
 
 class XnatTokenExpired(HTTPClientError):

@@ -44,7 +44,7 @@ c.JupyterHub.logging_config = {
     }
 }
 
-# -- login: XNAT passwords as before, and optionally AAF or Google ---------------------------
+# -- login: XNAT passwords as before, and optionally AAF, Google or both ---------------------
 
 c.JupyterHub.authenticator_class = "xnat-oauth"
 # XnatOAuthenticator.xnat_url defaults to $JH_XNAT_URL.
@@ -58,10 +58,27 @@ crypt_key = secret("JUPYTERHUB_CRYPT_KEY")
 if crypt_key:
     c.CryptKeeper.keys = crypt_key.split(";")
 
-# "aaf", "aaf-test" or "google"; empty keeps xnat2jupyterhub's XNAT password form only.
-# The client id and callback URL are oauthenticator's $OAUTH_CLIENT_ID and $OAUTH_CALLBACK_URL.
+# One provider: "aaf", "aaf-test" or "google" in $JH_OIDC_PROVIDER; its client id and callback
+# URL are oauthenticator's $OAUTH_CLIENT_ID and $OAUTH_CALLBACK_URL.
+# Several on one login page: their ids in $JH_OIDC_PROVIDERS ("aaf,google"), each with
+# $<ID>_CLIENT_ID and its secret in $<ID>_CLIENT_SECRET_FILE (a Docker secret); the hub answers
+# each at $OAUTH_CALLBACK_URL/<id>, the redirect URI to register with that provider.
+# Neither: xnat2jupyterhub's XNAT password form only.
 oidc_provider = os.environ.get("JH_OIDC_PROVIDER", "")
-if oidc_provider:
+oidc_providers = [p.strip() for p in os.environ.get("JH_OIDC_PROVIDERS", "").split(",") if p.strip()]
+if oidc_providers:
+    c.XnatOAuthenticator.oidc_providers = [
+        {
+            "id": pid,
+            "preset": pid,
+            "client_id_env": f"{pid.upper().replace('-', '_')}_CLIENT_ID",
+            "client_secret_file": os.environ[f"{pid.upper().replace('-', '_')}_CLIENT_SECRET_FILE"],
+            # Google's sub is all digits: NRG's pattern puts the provider id (a letter) first
+            "username_pattern": "[providerId]-[sub]" if pid == "google" else "[providerId]_[sub]",
+        }
+        for pid in oidc_providers
+    ]
+elif oidc_provider:
     c.XnatOAuthenticator.oidc_provider = oidc_provider
     c.XnatOAuthenticator.client_secret = secret("OAUTH_CLIENT_SECRET")
 

@@ -3,9 +3,10 @@
 oauthenticator sends ``state`` and PKCE but no ``nonce`` (OIDC Core 3.1.2.1), so an ID token
 stolen from one login could be replayed into another. Each login here gets a fresh random nonce,
 sent in the authorize request and kept in a signed, short-lived cookie of our own
-(:data:`LOGIN_COOKIE`), beside oauthenticator's state cookie but independent of its format. The
-callback (:func:`pop_login_nonce`) reads it back; the ID token must carry it; a
-:class:`NonceRegistry` refuses a second use within the hub process.
+(:data:`LOGIN_COOKIE`), beside oauthenticator's state cookie but independent of its format,
+together with the provider the login started with. The callback (:func:`pop_login_cookie`) reads
+both back: the answer is accepted only at that provider's callback path, and its ID token must
+carry the nonce; a :class:`NonceRegistry` refuses a second use within the hub process.
 
 Only public names are used: oauthenticator's ``OAuthLoginHandler`` (its documented
 ``login_handler`` extension point), tornado's ``authorize_redirect`` and secure cookies.
@@ -13,15 +14,17 @@ Only public names are used: oauthenticator's ``OAuthLoginHandler`` (its document
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections import OrderedDict
 from inspect import isawaitable
 
-from oauthenticator.oauth2 import OAuthLoginHandler
-from tornado import web
+from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthLoginHandler
+from tornado.httputil import url_concat
 
 from ..errors import XnatOAuthError
+from ..user_errors import user_error
 
 #: the cookie holding this browser's login nonce, signed with the hub's cookie secret
 LOGIN_COOKIE = "xnat-oauth-login"
@@ -41,40 +44,96 @@ def _cookie_kwargs(handler) -> dict:
 
 
 class XnatOAuthLoginHandler(OAuthLoginHandler):
-    async def get(self):
-        if not self.authenticator.oidc_enabled:
-            raise web.HTTPError(404, "OpenID login is not configured on this hub.")
+    """``/hub/oauth_login[/<provider id>]``: start a login at one of the hub's providers."""
+
+    async def get(self, provider_id: str | None = None):
+        auth = self.authenticator
+        provider = auth.provider(provider_id) if auth.oidc_enabled else None
+        if provider is None:
+            raise user_error(404, "This hub has no such login.")
         try:
-            # Endpoints come from the discovery document, fetched once (and shared) on first use.
-            await self.authenticator.oidc_ready()
+            # Endpoints come from the provider's discovery document, fetched once and cached.
+            metadata = await auth.oidc_ready(provider)
         except XnatOAuthError as e:
-            self.log.error("OpenID login cannot start: %s", e)
-            raise web.HTTPError(e.status_code, e.user_message) from None
+            self.log.error("OpenID login at %s cannot start: %s", provider.id, e)
+            raise user_error(e.status_code, e.user_message) from None
+        self.xnat_provider = provider
+        self.xnat_authorization_endpoint = metadata.authorization_endpoint
         self.xnat_nonce = secrets.token_urlsafe(32)
         self.set_secure_cookie(
             LOGIN_COOKIE,
-            self.xnat_nonce,
+            json.dumps({"nonce": self.xnat_nonce, "provider": provider.id}),
             expires=time.time() + LOGIN_COOKIE_MAX_AGE,
             **_cookie_kwargs(self),
         )
+        # oauthenticator's own state (state id, next URL, PKCE verifier) in its own cookie
         result = super().get()
         if isawaitable(result):  # sync in oauthenticator 17, may become async
             await result
 
-    def authorize_redirect(self, *args, extra_params=None, **kwargs):
-        extra_params = dict(extra_params or {})
-        extra_params["nonce"] = self.xnat_nonce
-        return super().authorize_redirect(*args, extra_params=extra_params, **kwargs)
+    def authorize_redirect(
+        self, redirect_uri=None, client_id=None, client_secret=None, extra_params=None, scope=None, response_type="code"
+    ):
+        # oauthenticator asks with the hub-wide client id and scope: this login is one provider's
+        provider = self.xnat_provider
+        args = {"response_type": response_type, "client_id": provider.client_id, "redirect_uri": redirect_uri}
+        if provider.scope:
+            args["scope"] = " ".join(provider.scope)
+        args.update(extra_params or {})  # state, the PKCE challenge, the admin's extra params
+        args.update(provider.extra_authorize_params)
+        args["nonce"] = self.xnat_nonce
+        self.redirect(url_concat(self.xnat_authorization_endpoint, args))
 
 
-def pop_login_nonce(handler) -> str | None:
-    """The nonce this browser's login started with, or None; the cookie is cleared either way."""
+class XnatOAuthCallbackHandler(OAuthCallbackHandler):
+    """``/hub/oauth_callback[/<provider id>]``: the provider's answer, for the provider the login
+    started with, and only there (a callback arriving at another provider's path is a mix-up)."""
+
+    async def get(self, provider_id: str | None = None):
+        auth = self.authenticator
+        if not auth.oidc_enabled:
+            raise user_error(404, "OpenID login is not configured on this hub.")
+        started = pop_login_cookie(self)
+        if started is None:
+            # No login state: the provider of this path; the chain refuses for the missing nonce
+            # before the code is redeemed.
+            provider = auth.provider(provider_id) if provider_id else auth.provider(None)
+            nonce = None
+        else:
+            nonce, started_at = started
+            provider = auth.provider(started_at)
+            if provider is None:
+                raise user_error(403, "The identity provider this login started with is no longer offered here.")
+            if auth.callback_route(provider) != provider_id:
+                self.log.warning(
+                    "OpenID callback at %s for a login started with %s: refused (mix-up)",
+                    provider_id or "the default path",
+                    provider.id,
+                )
+                raise user_error(403, "This answer came back for another identity provider. Please log in again.")
+        if provider is None:
+            raise user_error(404, "This hub has no such login.")
+        self.xnat_provider = provider
+        self.xnat_nonce = nonce
+        await super().get()
+
+
+def pop_login_cookie(handler) -> tuple[str, str] | None:
+    """(nonce, provider id) this browser's login started with, or None; the cookie is cleared."""
     raw = handler.get_secure_cookie(LOGIN_COOKIE, max_age_days=LOGIN_COOKIE_MAX_AGE / 86400)
     handler.clear_cookie(LOGIN_COOKIE, path=handler.hub.base_url)
     if not raw:
         return None
-    nonce = raw.decode("ascii", "replace")
-    return nonce or None
+    try:
+        state = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(state, dict):
+        return None
+    nonce, provider = state.get("nonce"), state.get("provider")
+    if not (isinstance(nonce, str) and nonce and isinstance(provider, str) and provider):
+        return None
+    return nonce, provider
 
 
 class NonceRegistry:
