@@ -413,8 +413,9 @@ async def test_the_pod_the_hook_builds_for_these_values_is_valid(
     await spawner.run_pre_spawn_hook()
     pod = await valid_pod(spawner)
 
-    # one request for an XNAT launch; the listing and a read check per project otherwise
-    assert xnat.count() == calls_before + (1 if launched_from_xnat else 2)
+    # one request for an XNAT launch; the listing, a read check per project and the pod's own
+    # token otherwise
+    assert xnat.count() == calls_before + (1 if launched_from_xnat else 3)
     (container,) = pod["spec"]["containers"]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     archive_claim = {"claimName": hooks["kube_archive_claim"], "readOnly": True}
