@@ -187,14 +187,14 @@ class ServerTokenHandler(APIHandler):
         if now >= record.started_at + max_age:
             self._refuse("max_age", detail=f"started {now - record.started_at:.0f}s ago, limit {max_age:.0f}s")
             return
+        login = _login_token(await user.get_auth_state(), auth.xnat.url)
+        if login is None:
+            self._refuse("session_ended", detail="no valid login token in auth_state")
+            return
         current = await store.current(user.name, record.server)
         due = current is None or (at := renew_at(current)) is None or now >= at
         if not due and now - record.last_issue < MIN_RENEW_INTERVAL:
             self._refuse("too_soon", retry_after=record.last_issue + MIN_RENEW_INTERVAL - now)
-            return
-        login = _login_token(await user.get_auth_state(), auth.xnat.url)
-        if login is None:
-            self._refuse("session_ended", detail="no valid login token in auth_state")
             return
         try:
             token = await mint(auth.xnat, login, user.name)
@@ -217,8 +217,9 @@ class ServerTokenHandler(APIHandler):
             self._refuse("server_stopped")
             return
         self._answer(200, self._token_body(fresh, record, renewed=True))
-        # delivered (finish flushes the answer to the server's connection), then the old one ends
-        await self.finish()
+        # delivered (written to the server's connection), then the old one ends
+        await self.flush()
+        self.finish()
         log.info("renewed the XNAT token of %s's server %r: %s replaces %s", user.name, record.server,
                  token.alias, ", ".join(t.alias for t in replaced) or "none")
         await invalidate(store, auth.xnat, replaced)
