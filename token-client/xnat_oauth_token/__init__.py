@@ -31,7 +31,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, Optional
 
-__version__ = "0.2.0"
+#: released with xnat-oauth, the same version (scripts/check_release_version.py checks it)
+__version__ = "0.1.0"
 __all__ = ["Token", "TokenError", "RenewalWarning", "get_token", "main"]
 
 #: the hub's endpoint, below its prefix (``/hub``)
