@@ -54,6 +54,7 @@ from tests.world.spawn_fakes import (
     user_auth_state,
 )
 from xnat_oauth import XnatOAuthenticator
+from xnat_oauth.renewal import RENEW_SCOPE
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -319,6 +320,17 @@ def hub_config(values: dict) -> Config:
     return c
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_servers_may_renew_their_xnat_token(overlay):
+    """z2jh: the custom scope defined, granted to the server role (within the user role's)."""
+    hub = site_values(overlay)["hub"]
+    assert set(hub["config"]["JupyterHub"]["custom_scopes"]) == {RENEW_SCOPE}
+    roles = hub["loadRoles"]
+    assert f"{RENEW_SCOPE}!server" in roles["server"]["scopes"]
+    assert {"users:activity!user", "access:servers!server"} <= set(roles["server"]["scopes"])
+    assert {"self", f"{RENEW_SCOPE}!user"} <= set(roles["user"]["scopes"])
+
+
 @pytest.fixture
 def no_cluster():
     # KubeSpawner loads a kube config and builds an API client in __init__; a pod manifest
@@ -386,6 +398,7 @@ def values_spawner(values, monkeypatch, xnat, user: FakeUser, servername: str) -
         monkeypatch.setenv(name, value)
     spawner = KubeSpawner(config=hub_config(values), _mock=True, user=user, orm_spawner=FakeOrmSpawner(servername))
     assert spawner.pre_spawn_hook is spawn_hooks.kube.pre_spawn_hook
+    assert spawner.post_stop_hook is spawn_hooks.kube.post_stop_hook
     return spawner
 
 
@@ -589,8 +602,13 @@ def test_swarm_config_uses_the_package_swarmspawner_and_the_hook(swarm_site):
     assert c.XnatOAuthenticator.client_secret == secrets["oauth_client_secret"]
     (service,) = c.JupyterHub.services
     assert service == {"name": "xnat", "api_token": secrets["jh_xnat_service_token"]}
-    (role,) = c.JupyterHub.load_roles
-    assert role["services"] == ["xnat"] and "admin:servers" in role["scopes"]
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["xnat"]["services"] == ["xnat"] and "admin:servers" in roles["xnat"]["scopes"]
+    # servers end their own XNAT token at stop, and renew it through the hub
+    assert c.SwarmSpawner.post_stop_hook is spawn_hooks.docker.post_stop_hook
+    assert set(c.JupyterHub.custom_scopes) == {RENEW_SCOPE}
+    assert f"{RENEW_SCOPE}!server" in roles["server"]["scopes"] and f"{RENEW_SCOPE}!user" in roles["user"]["scopes"]
+    assert {"users:activity!user", "access:servers!server"} <= set(roles["server"]["scopes"])
     for section in ("JupyterHub", "XnatOAuthenticator", "XnatSpawnHooks", "CryptKeeper"):
         owner = {**TRAIT_OWNERS, "CryptKeeper": CryptKeeper}[section]
         assert set(c[section]) <= set(owner.class_traits(config=True)), section
