@@ -237,7 +237,9 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         "xnat-oauth.sqlite",
         config=True,
         help="""SQLite file where the hub keeps xnat-oauth's own state: which OpenID identity
-        (issuer, sub) is bound to which hub user. Relative paths are relative to the hub's
+        (issuer, sub) is bound to which hub user, and each running notebook server's own XNAT
+        token (its secret encrypted with ``JUPYTERHUB_CRYPT_KEY``), so the hub can end it when the
+        server stops, after a hub restart too. Relative paths are relative to the hub's
         working directory, where ``jupyterhub.sqlite`` lives; it must persist across restarts
         (on Kubernetes, the hub's volume) and is not shared between hubs.""",
     )
