@@ -62,7 +62,7 @@ async def for_hub_server(spawner, state: XnatAuthState, settings, client: XnatCl
             username, server, url=client.url, api_token=getattr(spawner, "api_token", None), token=token
         )
     except BaseException:
-        await server_tokens.invalidate(store, client, [_retiring(username, server, client.url, token)])
+        await server_tokens.discard(client, token)  # not recorded: nobody will hold it
         raise
     if leftovers:
         await server_tokens.invalidate(store, client, leftovers)
@@ -73,10 +73,6 @@ async def for_hub_server(spawner, state: XnatAuthState, settings, client: XnatCl
         password=token.secret,
         expires_at=token.expires_at,
     )
-
-
-def _retiring(username, server, url, token: XnatToken) -> server_tokens.ServerToken:
-    return server_tokens.ServerToken(username, server, url, token, True, 0.0, "hub", server_tokens.RETIRING)
 
 
 async def for_xnat_launch(spawner, env: dict[str, str], client: XnatClient) -> None:

@@ -25,15 +25,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from typing import Any
 
 from jupyterhub.apihandlers.base import APIHandler
+from jupyterhub.crypto import EncryptionUnavailable
 from jupyterhub.scopes import has_scope
 
 from .auth_state import XnatAuthState, XnatToken
 from .errors import XnatUnavailable
-from .server_tokens import ServerRecord, ServerToken, ServerTokenRefused, invalidate, mint, store_for
+from .server_tokens import ServerRecord, ServerToken, ServerTokenRefused, discard, invalidate, mint, store_for
 
 log = logging.getLogger("xnat_oauth.renewal")
 
@@ -74,6 +76,11 @@ MESSAGES = {
         "until it expires.",
     ),
     "server_stopped": (409, "This server is stopping; its XNAT token is not renewed."),
+    "hub_state": (
+        503,
+        "The hub cannot use its record of this server's XNAT token at the moment. Your current token "
+        "works until it expires; tell the hub's administrator if this lasts.",
+    ),
     "too_soon": (429, "This server's XNAT token was renewed less than a minute ago; use the current one."),
     "xnat_unavailable": (
         503,
@@ -108,7 +115,10 @@ def _lock(key: tuple[str, str]) -> asyncio.Lock:
 class ServerTokenHandler(APIHandler):
     """``GET``: the server's current XNAT token; ``POST``: a new one (see the module doc)."""
 
+    answered = False
+
     def _answer(self, status: int, body: dict[str, Any]) -> None:
+        self.answered = True
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
@@ -154,6 +164,26 @@ class ServerTokenHandler(APIHandler):
         }
 
     async def get(self):
+        try:
+            await self._get()
+        except (sqlite3.Error, OSError, EncryptionUnavailable) as e:
+            self._refuse("hub_state", detail=f"{type(e).__name__}: {e}")
+
+    async def post(self):
+        try:
+            found = self._server()
+            if found is None:
+                return
+            user, record = found
+            async with _lock((user.name, record.server)):
+                await self._renew(user, record)
+        except (sqlite3.Error, OSError, EncryptionUnavailable) as e:
+            if self.answered:  # delivered already: what failed was ending the old token
+                log.warning("after renewing a server's XNAT token: %s: %s", type(e).__name__, e)
+            else:
+                self._refuse("hub_state", detail=f"{type(e).__name__}: {e}")
+
+    async def _get(self):
         found = self._server()
         if found is None:
             return
@@ -163,14 +193,6 @@ class ServerTokenHandler(APIHandler):
             self._answer(404, {"status": 404, "reason": "no_token", "message": "This server holds no XNAT token."})
             return
         self._answer(200, self._token_body(current, record, renewed=False))
-
-    async def post(self):
-        found = self._server()
-        if found is None:
-            return
-        user, record = found
-        async with _lock((user.name, record.server)):
-            await self._renew(user, record)
 
     async def _renew(self, user, asked: ServerRecord):
         auth = self.authenticator
@@ -207,9 +229,7 @@ class ServerTokenHandler(APIHandler):
         try:
             replaced = await store.replace_token(user.name, record.server, token)
         except KeyError:
-            # stopped while XNAT minted: nobody will hold this token
-            await invalidate(store, auth.xnat, [ServerToken(user.name, record.server, auth.xnat.url, token, True,
-                                                            now, "renewal", "retiring")])
+            await discard(auth.xnat, token)  # stopped while XNAT minted: nobody will hold it
             self._refuse("server_stopped")
             return
         fresh = await store.current(user.name, record.server)

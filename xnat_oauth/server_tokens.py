@@ -157,9 +157,16 @@ class ServerTokenStore:
     async def _seal(self, token: XnatToken) -> bytes:
         return await self.keeper.encrypt({"secret": token.secret})
 
-    async def _open(self, row) -> ServerToken:
+    async def _open(self, row) -> ServerToken | None:
+        """The row decrypted; None (logged) when the crypt key cannot read it (a key removed
+        from ``JUPYTERHUB_CRYPT_KEY``): nobody can use that token any more, the hub included."""
         alias, username, server, url, sealed, expires_at, issued_at, origin, state = row
-        secret = (await self.keeper.decrypt(bytes(sealed)))["secret"]
+        try:
+            secret = (await self.keeper.decrypt(bytes(sealed)))["secret"]
+        except Exception as e:  # noqa: BLE001 - InvalidToken, EncryptionUnavailable, a broken row
+            log.warning("cannot decrypt server token %s of %s (%s): left to expire", alias, username,
+                        type(e).__name__)
+            return None
         known = expires_at is not None
         token = XnatToken(alias=alias, secret=secret, expires_at=float(expires_at) if known else 0.0)
         return ServerToken(username, server, url, token, known, float(issued_at), origin, state)
@@ -284,7 +291,8 @@ class ServerTokenStore:
             query += " AND server = ?"
             args.append(server)
         rows = self._conn().execute(query + " ORDER BY issued_at", args).fetchall()
-        return [await self._open(r) for r in rows]
+        opened = [await self._open(r) for r in rows]
+        return [t for t in opened if t is not None]
 
     async def stop_server(self, username: str, server: str) -> list[ServerToken]:
         """The server stopped: forget it and return its tokens, all retiring now."""
@@ -361,15 +369,16 @@ async def mint(client: XnatClient, login_token: XnatToken, username: str) -> Xna
     try:
         owner = issued.username or await client.whoami(token)
     except BaseException:
-        await _discard(client, token)
+        await discard(client, token)
         raise
     if owner != username:
-        await _discard(client, token)
+        await discard(client, token)
         raise ServerTokenRefused(f"XNAT issued a token of {owner!r}, not of {username!r}")
     return token
 
 
-async def _discard(client: XnatClient, token: XnatToken) -> None:
+async def discard(client: XnatClient, token: XnatToken) -> None:
+    """Invalidate a token nobody will hold (best effort: it expires on its own anyway)."""
     try:
         await client.invalidate_token(token)
     except Exception as e:  # noqa: BLE001 - best effort: the token expires on its own anyway
