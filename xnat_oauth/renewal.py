@@ -224,7 +224,7 @@ class ServerTokenHandler(APIHandler):
             self._refuse("session_ended", detail=str(e))
             return
         except XnatUnavailable as e:
-            self._refuse("xnat_unavailable", detail=str(e))
+            self._refuse("xnat_unavailable", detail=str(e), retry_after=30)
             return
         try:
             replaced = await store.replace_token(user.name, record.server, token)
@@ -232,6 +232,9 @@ class ServerTokenHandler(APIHandler):
             await discard(auth.xnat, token)  # stopped while XNAT minted: nobody will hold it
             self._refuse("server_stopped")
             return
+        except BaseException:
+            await discard(auth.xnat, token)  # not recorded: never minted without being stored or ended
+            raise
         fresh = await store.current(user.name, record.server)
         if fresh is None:  # replace_token made it current; a concurrent stop could only come after
             self._refuse("server_stopped")
