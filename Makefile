@@ -29,10 +29,10 @@ EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 
 install: $(PIP_STAMP) $(NPM_STAMP)
 
-$(PIP_STAMP): pyproject.toml $(CONSTRAINTS) requirements/dev.txt
+$(PIP_STAMP): pyproject.toml token-client/pyproject.toml $(CONSTRAINTS) requirements/dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP_QUIET) $(PY) install -q -c $(CONSTRAINTS) pip
-	$(EDITABLE) $(PIP_QUIET) $(PY) install -q -c $(CONSTRAINTS) -e '.[test,docker,kube,docs]' -r requirements/dev.txt
+	$(EDITABLE) $(PIP_QUIET) $(PY) install -q -c $(CONSTRAINTS) -e '.[test,docker,kube,docs]' -e token-client -r requirements/dev.txt
 	touch $@
 
 $(NPM_STAMP): package.json package-lock.json
@@ -48,11 +48,15 @@ lint: $(PIP_STAMP)
 	$(VENV)/bin/mypy xnat_oauth spawn_hooks || status=1; \
 	exit $$status
 
-# dist/: the sdist and the wheel, from scratch. The images and the release install this wheel.
+# dist/: the sdist and the wheel, from scratch, and the notebook client's (token-client/: a
+# distribution of its own that single-user images install alone). The images and the release
+# install these wheels.
 wheel: $(PIP_STAMP)
 	rm -rf dist
 	@$(PY) -m build --dependency-constraints-txt $(CONSTRAINTS) . >$(VENV)/build.log 2>&1 \
 	  || { cat $(VENV)/build.log; echo "make wheel: python -m build failed (log above)"; exit 1; }
+	@$(PY) -m build --dependency-constraints-txt $(CONSTRAINTS) --outdir dist token-client >>$(VENV)/build.log 2>&1 \
+	  || { cat $(VENV)/build.log; echo "make wheel: python -m build token-client failed (log above)"; exit 1; }
 	@ls dist
 
 # The whole suite against the built wheel, installed fresh, on the newest and the oldest
@@ -70,7 +74,7 @@ test-newest test-oldest: wheel $(NPM_STAMP)
 $(DEMO_STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(DEMO_PY) || $(PYTHON) -m venv $(DEMO_VENV)
 	$(PIP_QUIET) $(DEMO_PY) install -q -c $(CONSTRAINTS) pip
-	$(EDITABLE) $(PIP_QUIET) $(DEMO_PY) install -q -c $(CONSTRAINTS) -e '.[demo]'
+	$(EDITABLE) $(PIP_QUIET) $(DEMO_PY) install -q -c $(CONSTRAINTS) -e '.[demo]' -e token-client
 	touch $@
 
 # A JupyterHub on a printed 127.0.0.1 URL with an AAF-like provider, the XNAT emulator and demo

@@ -3,8 +3,9 @@
     python -m scripts.check_release_version v0.2.0 [DIST_DIR]
 
 The version lives in ``xnat_oauth/_version.py`` (what ``xnat-oauth --version`` prints); a release
-is the tag ``v`` + that version. This checks that the tag names it, that every file in DIST_DIR
-(default ``dist``) was built from it, and that CHANGELOG.md has its section with upgrade notes.
+is the tag ``v`` + that version. This checks that the tag names it (and the notebook client's
+version in ``token-client/``), that every file in DIST_DIR (default ``dist``) was built from it (the
+package's and the client's sdist and wheel), and that CHANGELOG.md has its section with upgrade notes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ def package_version(root: Path = ROOT) -> str:
     return m.group(1)
 
 
+def client_version(root: Path = ROOT) -> str | None:
+    """``__version__`` of the notebook client (token-client/), released with the package."""
+    path = root / "token-client" / "xnat_oauth_token" / "__init__.py"
+    if not path.exists():
+        return None
+    m = re.search(r'^__version__ = "([^"]+)"$', path.read_text(), re.M)
+    return m.group(1) if m else ""
+
+
 def problems(tag: str, dist: Path, root: Path = ROOT) -> list[str]:
     found = []
     m = _TAG.match(tag)
@@ -37,6 +47,12 @@ def problems(tag: str, dist: Path, root: Path = ROOT) -> list[str]:
         found.append(f"tag {tag} but xnat_oauth/_version.py says {package}")
     files = sorted(p.name for p in dist.glob("*")) if dist.is_dir() else []
     wanted = {f"xnat_oauth-{version}-py3-none-any.whl", f"xnat_oauth-{version}.tar.gz"}
+    client = client_version(root)
+    if client is not None:
+        # the notebook client (token-client/) is released with the package, same version
+        if client != version:
+            found.append(f"tag {tag} but token-client/xnat_oauth_token says {client}")
+        wanted |= {f"xnat_oauth_token-{version}-py3-none-any.whl", f"xnat_oauth_token-{version}.tar.gz"}
     if set(files) != wanted:
         found.append(f"{dist} holds {files or 'nothing'}, not exactly {sorted(wanted)}")
     changelog = (root / "CHANGELOG.md").read_text()

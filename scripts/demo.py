@@ -92,9 +92,20 @@ def spawner_config(xnat: XnatEmulator, workdir: Path) -> str:
     return f"""
 # Single-user servers are processes of this command's own user: no system accounts needed,
 # and no isolation between users either (a demo, not a deployment).
-from spawn_hooks.local import pre_spawn_hook
+from spawn_hooks.local import post_stop_hook, pre_spawn_hook
 c.JupyterHub.spawner_class = "simple"
 c.Spawner.pre_spawn_hook = pre_spawn_hook
+# each server's own XNAT token is ended when the server stops
+c.Spawner.post_stop_hook = post_stop_hook
+# servers renew their XNAT token through the hub (`xnat-token` / xnat_oauth_token in the notebook)
+c.JupyterHub.custom_scopes = {{
+    "custom:xnat-oauth:renew:xnat-token": {{"description": "Renew the XNAT token of one's own server"}},
+}}
+c.JupyterHub.load_roles = list(c.JupyterHub.load_roles) + [
+    {{"name": "user", "scopes": ["self", "custom:xnat-oauth:renew:xnat-token!user"]}},
+    {{"name": "server", "scopes": ["users:activity!user", "access:servers!server",
+                                 "custom:xnat-oauth:renew:xnat-token!server"]}},
+]
 c.Spawner.ip = "127.0.0.1"
 c.Spawner.cmd = [{sys.executable!r}, "-m", "jupyterhub.singleuser"]
 c.Spawner.args = {args!r}
@@ -272,7 +283,8 @@ Either way the hub's encrypted auth_state holds the user's own XNAT alias token
 (never a password, never an admin's).
 
 {ui_note}
-The server gets XNAT_HOST, XNAT_USER, XNAT_PASS (the user's token), data/projects/<ID>/
+The server gets XNAT_HOST, XNAT_USER, XNAT_PASS (a token of the user minted for that server;
+`xnat-token` in its terminal renews it), data/projects/<ID>/
 for each project the user can read, and a writable workspace/<user>/.
 {READ_ONLY_NOTE}
 Servers run as this command's user{' (root here: the data is NOT protected)' if os.geteuid() == 0 else ''}.

@@ -33,6 +33,13 @@ main() {
     exit 2
   fi
   wheel=$repo/${wheels[0]}
+  # the notebook client, built beside it (token-client/): installed too, so servers the tests start use it
+  clients=(dist/xnat_oauth_token-*-py3-none-any.whl)
+  if [ ${#clients[@]} -ne 1 ]; then
+    echo "$0: need exactly one xnat_oauth_token wheel in dist/ (found ${#clients[@]}): run 'make wheel'" >&2
+    exit 2
+  fi
+  client=$repo/${clients[0]}
 
   root=$repo/.venv-test/$leg
   venv=$root/venv
@@ -55,7 +62,7 @@ main() {
   start=$(date +%s)
   "$PYTHON" -m venv "$venv"
   pip_quiet install -q -c "$constraints" pip
-  pip_quiet install -q -c "$constraints" "$wheel[test,docker,kube,docs]"
+  pip_quiet install -q -c "$constraints" "$wheel[test,docker,kube,docs]" "$client"
   # every installed distribution's requirements are met (pip check says which are not)
   local broken
   broken=$(pip_quiet check) || { echo "$broken" >&2; return 1; }

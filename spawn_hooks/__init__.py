@@ -1,11 +1,14 @@
-"""Pre-spawn hooks that start a notebook with the user's XNAT data and credentials.
+"""Spawn hooks that start a notebook with the user's XNAT data and a token of its own.
 
-Pick the hook for your spawner in ``jupyterhub_config.py``::
+Pick the hooks for your spawner in ``jupyterhub_config.py``::
 
     import spawn_hooks.docker, spawn_hooks.kube, spawn_hooks.local
     c.SwarmSpawner.pre_spawn_hook = spawn_hooks.docker.pre_spawn_hook   # also DockerSpawner
+    c.SwarmSpawner.post_stop_hook = spawn_hooks.docker.post_stop_hook
     c.KubeSpawner.pre_spawn_hook = spawn_hooks.kube.pre_spawn_hook
+    c.KubeSpawner.post_stop_hook = spawn_hooks.kube.post_stop_hook
     c.LocalProcessSpawner.pre_spawn_hook = spawn_hooks.local.pre_spawn_hook  # demo
+    c.LocalProcessSpawner.post_stop_hook = spawn_hooks.local.post_stop_hook
 
 and set ``c.XnatSpawnHooks.*`` (see :mod:`spawn_hooks.config`; defaults come from the
 original ``JH_XNAT_*`` / ``NB_UID`` environment variables).

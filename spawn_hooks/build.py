@@ -16,11 +16,13 @@ import asyncio
 import functools
 import logging
 import os
+import sqlite3
 import ssl
 import time
 import weakref
 from dataclasses import replace
 
+from jupyterhub.crypto import EncryptionUnavailable
 from jupyterhub.utils import maybe_future
 
 from xnat_oauth.auth_state import AuthStateError, XnatAuthState
@@ -192,7 +194,8 @@ def _xnat_url(settings: XnatSpawnHooks, state: XnatAuthState | None) -> str:
     raise ConfigError("XnatSpawnHooks.xnat_url (or $JH_XNAT_URL) is not set")
 
 
-async def _plan_from_xnat(spawner, settings, rules, username, servername, launch, raw_state) -> SpawnPlan:
+async def _plan_from_xnat(spawner, settings, rules, username, servername, launch,
+                          raw_state) -> tuple[SpawnPlan, XnatAuthState | None, XnatClient]:
     state = XnatAuthState.maybe_from_auth_state(raw_state)
     url = _xnat_url(settings, state)
     if not settings.service_password:
@@ -204,7 +207,7 @@ async def _plan_from_xnat(spawner, settings, rules, username, servername, launch
         )
     except XnatError as e:
         raise _refused_from_xnat(e, user_token=False) from None
-    return plan_from_launch(
+    plan = plan_from_launch(
         options,
         rules=rules,
         username=username,
@@ -212,9 +215,11 @@ async def _plan_from_xnat(spawner, settings, rules, username, servername, launch
         launch=launch,
         spawner_image=getattr(spawner, "image", None),
     )
+    return plan, None, client
 
 
-async def _plan_from_hub(spawner, settings, rules, servername, launch, raw_state) -> SpawnPlan:
+async def _plan_from_hub(spawner, settings, rules, servername, launch,
+                         raw_state) -> tuple[SpawnPlan, XnatAuthState | None, XnatClient]:
     state = await fresh_auth_state(spawner, settings, raw_state)
     token = state.token
     if token is None:  # fresh_auth_state never returns one without a token; this tells the type checker
@@ -241,21 +246,56 @@ async def _plan_from_hub(spawner, settings, rules, servername, launch, raw_state
         ids = await readable_projects(client, state, checked, settings)
     except XnatError as e:
         raise _refused_from_xnat(e, user_token=True) from None
-    creds = credentials.for_hub_server(state, settings)
+    # the server's own token is minted last (give_credentials), once nothing can refuse the spawn
     plan = plan_from_projects(
         ids,
         rules=rules,
         username=check_username(state.username),
         servername=servername,
-        xnat_host=creds.host,
-        token_alias=creds.user,
-        token_secret=creds.password,
+        xnat_host=settings.notebook_xnat_url or state.url,
         requested_image=launch.get("image"),
         spawner_image=getattr(spawner, "image", None),
     )
     if warning:
         plan = replace(plan, warning=warning)
-    return plan
+    return plan, state, client
+
+
+async def give_credentials(spawner, settings: XnatSpawnHooks, plan: SpawnPlan, login: XnatAuthState | None,
+                           client: XnatClient) -> SpawnPlan:
+    """The server's XNAT credentials (see :mod:`spawn_hooks.credentials`): a token minted for a
+    hub-started server, added to its environment; XNAT's launch token recorded as it is."""
+    try:
+        if plan.origin == "hub":
+            if login is None:
+                raise SpawnRefused("token_expired", log_detail="no XNAT record in auth_state")
+            creds = await credentials.for_hub_server(spawner, login, settings, client)
+            return replace(plan, env={**plan.env, **creds.env()})
+        if plan.origin == "xnat":
+            await credentials.for_xnat_launch(spawner, dict(plan.env), client)
+        return plan
+    except XnatError as e:
+        raise _refused_from_xnat(e, user_token=True) from None
+    except (EncryptionUnavailable, sqlite3.Error, OSError, ValueError) as e:
+        # the hub's state file or JUPYTERHUB_CRYPT_KEY: nothing the user can fix
+        raise SpawnRefused("config", log_detail=f"cannot record the server's XNAT token: {type(e).__name__}: {e}") from None
+
+
+async def release_credentials(spawner) -> None:
+    """Every adapter's ``post_stop_hook``: end the server's XNAT tokens. Never raises: a stop
+    must finish; a token XNAT could not end now is tried again later (see server_tokens)."""
+    try:
+        settings = XnatSpawnHooks.from_spawner(spawner)
+        store = credentials.store_of(spawner)
+        username, server = spawner.user.name, getattr(spawner, "name", "") or ""
+        record = store.server(username, server)
+        url = settings.xnat_url or (record.url if record else "")
+        if not url:
+            return
+        await credentials.release(spawner, _client(settings, url))
+    except Exception as e:  # noqa: BLE001 - JupyterHub would log a traceback and go on; say why instead
+        log.warning("could not end the XNAT token of %s's stopped server: %s: %s",
+                    getattr(spawner.user, "name", "?"), type(e).__name__, e)
 
 
 def check_filesystem(plan: SpawnPlan, settings: XnatSpawnHooks) -> SpawnPlan:
@@ -321,12 +361,14 @@ async def build_plan(spawner, settings: XnatSpawnHooks | None = None) -> SpawnPl
         username = check_username(state.username if state else spawner.user.name)
         try:
             if is_xnat_launch(launch):
-                plan = await _plan_from_xnat(spawner, settings, rules, username, servername, launch, raw_state)
+                plan, login, client = await _plan_from_xnat(spawner, settings, rules, username, servername, launch,
+                                                            raw_state)
             else:
-                plan = await _plan_from_hub(spawner, settings, rules, servername, launch, raw_state)
+                plan, login, client = await _plan_from_hub(spawner, settings, rules, servername, launch, raw_state)
             plan = await asyncio.to_thread(check_filesystem, plan, settings)
             if not plan.data_mounts:
                 raise SpawnRefused("no_data", log_detail=f"nothing to mount for {username}")
+            plan = await give_credentials(spawner, settings, plan, login, client)
         except SpawnRefused as refused:
             if not (settings.allow_start_without_data and refused.reason in SOFT_REASONS):
                 raise

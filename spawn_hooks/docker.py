@@ -20,7 +20,7 @@ import logging
 from docker.types import DeviceRequest, Mount
 
 from ._base import braces, configured
-from .build import build_plan, load_settings
+from .build import build_plan, load_settings, release_credentials
 from .config import XnatSpawnHooks
 from .plan import SpawnPlan
 
@@ -134,3 +134,8 @@ async def pre_spawn_hook(spawner) -> None:
     settings = load_settings(spawner)
     plan = await build_plan(spawner, settings)
     apply_plan(spawner, plan, settings)
+
+
+async def post_stop_hook(spawner) -> None:
+    """``c.DockerSpawner.post_stop_hook`` / ``c.SwarmSpawner.post_stop_hook``: end the server's own XNAT token."""
+    await release_credentials(spawner)

@@ -23,7 +23,7 @@ import logging
 import re
 
 from ._base import braces, configured
-from .build import build_plan, load_settings
+from .build import build_plan, load_settings, release_credentials
 from .config import XnatSpawnHooks
 from .errors import SpawnRefused
 from .paths import VOLUME_NAME_RE, is_inside
@@ -195,3 +195,8 @@ async def pre_spawn_hook(spawner) -> None:
     settings = load_settings(spawner)
     plan = await build_plan(spawner, settings)
     apply_kube(spawner, plan, settings)
+
+
+async def post_stop_hook(spawner) -> None:
+    """``c.KubeSpawner.post_stop_hook``: end the server's own XNAT token."""
+    await release_credentials(spawner)

@@ -25,7 +25,7 @@ import stat
 import tempfile
 
 from ._base import braces, configured
-from .build import build_plan, load_settings
+from .build import build_plan, load_settings, release_credentials
 from .config import XnatSpawnHooks
 from .errors import SpawnRefused
 from .paths import check_servername, check_username, is_inside
@@ -161,3 +161,8 @@ async def pre_spawn_hook(spawner) -> None:
     plan = check_local(await build_plan(spawner, settings))
     base = await asyncio.to_thread(link_plan, plan, settings)
     apply_local(spawner, plan, settings, base)
+
+
+async def post_stop_hook(spawner) -> None:
+    """``c.LocalProcessSpawner.post_stop_hook`` (and its subclasses'): end the server's own XNAT token."""
+    await release_credentials(spawner)

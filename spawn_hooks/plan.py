@@ -54,10 +54,11 @@ _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # The hub's side of the trust line: its own variables (the notebook's hub token and URLs; the
 # plugin itself sets JUPYTERHUB_ROOT_DIR, DefaultUserOptionsService.getDefaultEnvironment
 # Variables), the container's user, group and privileges (docker-stacks start.sh reads these
-# as root), and the warning the hooks themselves set.
+# as root), and what the hooks themselves set (the warning; the token's expiry, which the renewal
+# client trusts).
 HUB_ENV_RE = re.compile(
     r"JUPYTERHUB_(?!ROOT_DIR$|DEFAULT_URL$).*|JPY_.*|NB_(UID|GID|USER|GROUP|UMASK)|GRANT_SUDO|CHOWN_.*"
-    r"|XNAT_SPAWN_WARNING"
+    r"|XNAT_SPAWN_WARNING|XNAT_TOKEN_EXPIRES"
 )
 # Labels that route traffic to a container or place it on the hub's network are the hub's.
 HUB_LABEL_PREFIXES = ("traefik.", "caddy", "com.docker.", "org.jupyterhub.", "hub.jupyter.org/",
@@ -584,13 +585,14 @@ def plan_from_projects(
     username: str,
     servername: str,
     xnat_host: str,
-    token_alias: str,
-    token_secret: str,
+    token_alias: str | None = None,
+    token_secret: str | None = None,
     requested_image: Any = None,
     spawner_image: str | None = None,
 ) -> SpawnPlan:
     """The plan for a server started from the hub: each readable project's data read-only
-    under /data/projects/{ID}/, the user's workspace writable, the user's own token."""
+    under /data/projects/{ID}/, the user's workspace writable; ``XNAT_USER``/``XNAT_PASS`` when
+    a token is given (the hooks add the server's own token last, :mod:`spawn_hooks.credentials`)."""
     check_username(username)
     ids = sorted({check_project_id(p) for p in project_ids})
     if 3 * len(ids) + 1 > rules.max_mounts:
@@ -610,12 +612,12 @@ def plan_from_projects(
             )
     env = {
         "XNAT_HOST": xnat_host,
-        "XNAT_USER": token_alias,
-        "XNAT_PASS": token_secret,
         "XNAT_DATA": "/data",
         "JUPYTERHUB_ROOT_DIR": ws.target,
         "XDG_CONFIG_HOME": ws.target,
     }
+    if token_alias is not None and token_secret is not None:
+        env.update(XNAT_USER=token_alias, XNAT_PASS=token_secret)
     return SpawnPlan(
         origin="hub",
         username=username,

@@ -55,6 +55,7 @@ from tests.world.spawn_fakes import (
     user_auth_state,
 )
 from xnat_oauth import XnatOAuthenticator
+from xnat_oauth.renewal import RENEW_SCOPE
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -325,6 +326,17 @@ def hub_config(values: dict) -> Config:
     return c
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_servers_may_renew_their_xnat_token(overlay):
+    """z2jh: the custom scope defined, granted to the server role (within the user role's)."""
+    hub = site_values(overlay)["hub"]
+    assert set(hub["config"]["JupyterHub"]["custom_scopes"]) == {RENEW_SCOPE}
+    roles = hub["loadRoles"]
+    assert f"{RENEW_SCOPE}!server" in roles["server"]["scopes"]
+    assert {"users:activity!user", "access:servers!server"} <= set(roles["server"]["scopes"])
+    assert {"self", f"{RENEW_SCOPE}!user"} <= set(roles["user"]["scopes"])
+
+
 @pytest.fixture
 def no_cluster():
     # KubeSpawner loads a kube config and builds an API client in __init__; a pod manifest
@@ -393,6 +405,7 @@ def values_spawner(values, monkeypatch, xnat, user: FakeUser, servername: str) -
         monkeypatch.setenv(name, value)
     spawner = KubeSpawner(config=hub_config(values), _mock=True, user=user, orm_spawner=FakeOrmSpawner(servername))
     assert spawner.pre_spawn_hook is spawn_hooks.kube.pre_spawn_hook
+    assert spawner.post_stop_hook is spawn_hooks.kube.post_stop_hook
     return spawner
 
 
@@ -420,8 +433,9 @@ async def test_the_pod_the_hook_builds_for_these_values_is_valid(
     await spawner.run_pre_spawn_hook()
     pod = await valid_pod(spawner)
 
-    # one request for an XNAT launch; the listing and a read check per project otherwise
-    assert xnat.count() == calls_before + (1 if launched_from_xnat else 2)
+    # one request for an XNAT launch; the listing, a read check per project and the pod's own
+    # token otherwise
+    assert xnat.count() == calls_before + (1 if launched_from_xnat else 3)
     (container,) = pod["spec"]["containers"]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     archive_claim = {"claimName": hooks["kube_archive_claim"], "readOnly": True}
@@ -595,8 +609,13 @@ def test_swarm_config_uses_the_package_swarmspawner_and_the_hook(swarm_site):
     assert c.XnatOAuthenticator.client_secret == secrets["oauth_client_secret"]
     (service,) = c.JupyterHub.services
     assert service == {"name": "xnat", "api_token": secrets["jh_xnat_service_token"]}
-    (role,) = c.JupyterHub.load_roles
-    assert role["services"] == ["xnat"] and "admin:servers" in role["scopes"]
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["xnat"]["services"] == ["xnat"] and "admin:servers" in roles["xnat"]["scopes"]
+    # servers end their own XNAT token at stop, and renew it through the hub
+    assert c.SwarmSpawner.post_stop_hook is spawn_hooks.docker.post_stop_hook
+    assert set(c.JupyterHub.custom_scopes) == {RENEW_SCOPE}
+    assert f"{RENEW_SCOPE}!server" in roles["server"]["scopes"] and f"{RENEW_SCOPE}!user" in roles["user"]["scopes"]
+    assert {"users:activity!user", "access:servers!server"} <= set(roles["server"]["scopes"])
     for section in ("JupyterHub", "XnatOAuthenticator", "XnatSpawnHooks", "CryptKeeper"):
         owner = {**TRAIT_OWNERS, "CryptKeeper": CryptKeeper}[section]
         assert set(c[section]) <= set(owner.class_traits(config=True)), section

@@ -144,7 +144,11 @@ def _release_tree(tmp_path: Path, version: str, changelog: str) -> Path:
     (tmp_path / "CHANGELOG.md").write_text(changelog)
     dist = tmp_path / "dist"
     dist.mkdir()
-    for name in (f"xnat_oauth-{version}-py3-none-any.whl", f"xnat_oauth-{version}.tar.gz"):
+    client = tmp_path / "token-client" / "xnat_oauth_token"
+    client.mkdir(parents=True)
+    (client / "__init__.py").write_text(f'__version__ = "{version}"\n')
+    for name in (f"xnat_oauth-{version}-py3-none-any.whl", f"xnat_oauth-{version}.tar.gz",
+                 f"xnat_oauth_token-{version}-py3-none-any.whl", f"xnat_oauth_token-{version}.tar.gz"):
         (dist / name).write_bytes(b"")
     return dist
 
@@ -175,6 +179,14 @@ def test_the_release_check_refuses_a_dist_of_another_build(tmp_path):
     dist = _release_tree(tmp_path, "0.2.0", GOOD_CHANGELOG)
     (dist / "xnat_oauth-0.1.0-py3-none-any.whl").write_bytes(b"")
     assert any("not exactly" in p for p in check_release_version.problems("v0.2.0", dist, root=tmp_path))
+
+
+def test_the_notebook_client_is_released_with_the_package(tmp_path):
+    dist = _release_tree(tmp_path, "0.2.0", GOOD_CHANGELOG)
+    (dist / "xnat_oauth_token-0.2.0-py3-none-any.whl").unlink()
+    assert any("not exactly" in p for p in check_release_version.problems("v0.2.0", dist, root=tmp_path))
+    (tmp_path / "token-client" / "xnat_oauth_token" / "__init__.py").write_text('__version__ = "0.1.9"\n')
+    assert any("xnat_oauth_token says 0.1.9" in p for p in check_release_version.problems("v0.2.0", dist, root=tmp_path))
 
 
 def test_the_checkout_would_pass_the_release_check_given_its_dist():

@@ -207,15 +207,19 @@ async def test_pre_spawn_hook_end_to_end_with_the_emulator(xnat):
     xnat.add_project("PK", readers=["aaf_YAdr3eQ"])
     config = hooks_config(xnat, nb_uid=1000, nb_gid=100)
     config.KubeSpawner.pre_spawn_hook = kube.pre_spawn_hook
-    state = user_auth_state(xnat.url, "aaf_YAdr3eQ", xnat.mint_token("aaf_YAdr3eQ"), source="bearer")
+    login = xnat.mint_token("aaf_YAdr3eQ")
+    state = user_auth_state(xnat.url, "aaf_YAdr3eQ", login, source="bearer")
     spawner = KubeSpawner(config=config, _mock=True, user=FakeUser("aaf_YAdr3eQ", state))
     await spawner.run_pre_spawn_hook()
     pod = await pod_of(spawner)
     subs = sorted(m["subPath"] for m in the_container(pod)["volumeMounts"] if m["name"].startswith("xnat"))
     assert subs == ["PK/arc001", "PK/resources", "PK/subjects", "users/aaf_YAdr3eQ"]
     env = env_of(pod)
+    # the pod's own token, minted for it with the login token, which stays in the hub
     assert xnat.token_owner(env["XNAT_USER"], env["XNAT_PASS"]) == "aaf_YAdr3eQ"
-    assert (xnat.count("projects"), xnat.count("project_subjects"), xnat.count()) == (1, 1, 2)
+    assert env["XNAT_USER"] != login["alias"] and login["secret"] not in env.values()
+    assert float(env["XNAT_TOKEN_EXPIRES"]) > 0
+    assert (xnat.count("projects"), xnat.count("project_subjects"), xnat.count("tokens.issue"), xnat.count()) == (1, 1, 1, 3)
 
 
 async def test_pre_spawn_hook_refuses_when_xnat_is_down(xnat):

@@ -34,6 +34,7 @@ from tests.world.spawn_fakes import (
     hooks_config,
     user_auth_state,
 )
+from xnat_oauth.auth_state import XnatAuthState
 
 SECRET = "ogHnbC7559jczcWz0Y1jDhHlUpy4AxI8EW6EjYAdArItPGf7FLXJP1OYam68MNQa"
 
@@ -419,14 +420,18 @@ async def test_hub_started_server_mounts_the_users_projects_in_one_xnat_session(
     spawner = spawner_for(world, "alice")
     plan = await build_plan(spawner)
     assert plan.origin == "hub" and plan.projects == ("PA", "PB")
-    # the listing, then one read check per listed project, all in one session of the token
-    assert world.count("projects") == 1 and world.count("project_subjects") == 2 and world.count() == 3
+    # the listing, then one read check per listed project, then the server's own token: all in
+    # one session of the login token
+    assert world.count("projects") == 1 and world.count("project_subjects") == 2 and world.count() == 4
+    assert world.count("tokens.issue") == 1
     assert world.sessions_opened == {"alice": 1}
-    assert [c.auth_kind for c in world.calls] == ["basic-token", "session", "session"]
+    assert [c.auth_kind for c in world.calls] == ["basic-token", "session", "session", "session"]
     # the workspace was created, without a shell, where XNAT keeps it
     assert (world.workspace_root / "users" / "alice").is_dir()
-    # the notebook's token is the user's own
+    # the notebook's token is the user's own, minted for this server: not the login token
     assert world.token_owner(plan.env["XNAT_USER"], plan.env["XNAT_PASS"]) == "alice"
+    login = XnatAuthState.from_auth_state(await spawner.user.get_auth_state()).token
+    assert plan.env["XNAT_USER"] != login.alias and login.secret not in plan.env.values()
 
 
 async def test_bob_gets_only_his_project(world):
@@ -575,7 +580,11 @@ async def test_expiring_token_is_refreshed_through_the_authenticator(world):
     plan = await build_plan(spawner)
     assert auth.calls == 1
     assert spawner.user.saved == [refreshed_state]
-    assert plan.env["XNAT_USER"] == fresh["alias"]
+    # the server's token was minted with the refreshed login token (the expiring one is a fake
+    # XNAT would refuse)
+    assert plan.env["XNAT_USER"] != fresh["alias"]
+    assert world.token_owner(plan.env["XNAT_USER"], plan.env["XNAT_PASS"]) == "alice"
+    assert [c.auth_kind for c in world.calls if c.endpoint == "tokens.issue"] in (["basic-token"], ["session"])
 
 
 @pytest.mark.parametrize("result", [False, None, True, {"name": "alice"}])

@@ -45,7 +45,7 @@ from oauthenticator.oauth2 import OAuthLogoutHandler
 from tornado.httputil import url_concat
 from traitlets import Bool, CaselessStrEnum, Dict, Float, Integer, List, Set, Unicode, default, observe
 
-from . import compat
+from . import compat, renewal, server_tokens
 from .auth_state import Identity, XnatAuthState
 from .client_address import request_client_address, trusted_proxies_of
 from .errors import ConfigError, NotAllowedJupyter, XnatOAuthError, XnatUnavailable
@@ -200,6 +200,16 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         whether the stored token is still valid, so a token revoked in XNAT ends the hub
         session. If XNAT is unreachable at that moment the session is kept.""",
     )
+    xnat_server_token_max_age = Float(
+        7 * 86400.0,
+        config=True,
+        help="""Seconds after a notebook server's start during which it may renew its own XNAT
+        token through the hub (``/hub/xnat-oauth/server-token``; see the token renewal docs).
+        Renewal also needs the user's hub session (a valid login token) and JupyterHub's custom
+        scope ``custom:xnat-oauth:renew:xnat-token`` in the ``server`` role. After this time the
+        last token lives out XNAT's token lifetime and the server must be restarted for a new
+        one. 0 turns renewal off.""",
+    )
     xnat_site_name = Unicode(
         "XNAT",
         config=True,
@@ -257,7 +267,9 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         "xnat-oauth.sqlite",
         config=True,
         help="""SQLite file where the hub keeps xnat-oauth's own state: which OpenID identity
-        (issuer, sub) is bound to which hub user. Relative paths are relative to the hub's
+        (issuer, sub) is bound to which hub user, and each running notebook server's own XNAT
+        token (its secret encrypted with ``JUPYTERHUB_CRYPT_KEY``), so the hub can end it when the
+        server stops, after a hub restart too. Relative paths are relative to the hub's
         working directory, where ``jupyterhub.sqlite`` lives; it must persist across restarts
         (on Kubernetes, the hub's volume) and is not shared between hubs.""",
     )
@@ -779,6 +791,22 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         return PasswordLogin(
             self.xnat, throttle, check_jupyter=self.check_xnat_jupyter_permission, log=self.log
         )
+
+    # -- notebook servers' own tokens (xnat_oauth.server_tokens, xnat_oauth.renewal) ---------
+
+    def get_handlers(self, app):
+        # oauthenticator's (login, callback, logout), then the servers' token renewal
+        return [*super().get_handlers(app), *renewal.handlers()]
+
+    async def post_spawn_stop(self, user, spawner):
+        """A server stopped: end its XNAT tokens (the spawn hooks' ``post_stop_hook`` does the
+        same; whichever runs first does it), so a hub without that hook leaves none behind."""
+        await maybe_future(super().post_spawn_stop(user, spawner))
+        try:
+            await server_tokens.release(server_tokens.store_for(self), self.xnat, user.name, spawner.name or "")
+        except Exception as e:  # noqa: BLE001 - a stop must finish; the token is retried or expires
+            self.log.warning("Could not end the XNAT token of %s's stopped server: %s: %s",
+                             user.name, type(e).__name__, e)
 
     # -- the login page --------------------------------------------------------------------
 

@@ -96,11 +96,24 @@ if service_token:
         }
     ]
 
+# -- running servers renew their XNAT token through the hub (docs: token-renewal.md) ----------
+
+c.JupyterHub.custom_scopes = {
+    "custom:xnat-oauth:renew:xnat-token": {"description": "Renew the XNAT token of one's own server"},
+}
+c.JupyterHub.load_roles.extend([
+    {"name": "user", "scopes": ["self", "custom:xnat-oauth:renew:xnat-token!user"]},
+    {"name": "server", "scopes": ["users:activity!user", "access:servers!server",
+                                  "custom:xnat-oauth:renew:xnat-token!server"]},
+])
+
 # -- spawner: Swarm services with the user's XNAT data ----------------------------------------
 
 c.JupyterHub.spawner_class = "dockerspawner.SwarmSpawner"
 c.SwarmSpawner.network_name = os.environ["JH_NETWORK"]
 c.SwarmSpawner.pre_spawn_hook = spawn_hooks.docker.pre_spawn_hook
+# each server's own XNAT token is ended in XNAT when the server stops
+c.SwarmSpawner.post_stop_hook = spawn_hooks.docker.post_stop_hook
 c.Spawner.start_timeout = int(os.environ.get("JH_START_TIMEOUT", "180"))
 c.Spawner.http_timeout = 75
 # servers started from the hub; XNAT's launches choose from allowed_images

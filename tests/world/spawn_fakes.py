@@ -8,22 +8,39 @@ where the adapter's output matters; :class:`FakeUser` stands in for the hub's Us
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
+
+from jupyterhub.crypto import CryptKeeper
 
 from traitlets import Any as AnyTrait
 from traitlets import Dict, Unicode
 from traitlets.config import Config, Configurable
 
 from xnat_oauth.auth_state import XnatAuthState, XnatToken
+from xnat_oauth.server_tokens import ServerTokenStore
+
+_STATE_DIR = Path(tempfile.mkdtemp(prefix="xnat-oauth-fake-hub-"))
+
+
+def fake_store() -> ServerTokenStore:
+    """A hub's server-token store of its own: a fresh file and crypt key (no process-wide
+    JUPYTERHUB_CRYPT_KEY needed, none left behind in the checkout)."""
+    path = Path(tempfile.mkstemp(suffix=".sqlite", dir=_STATE_DIR)[1])
+    return ServerTokenStore(path, keeper=CryptKeeper(keys=[os.urandom(32)]))
 
 
 class FakeAuthenticator:
-    """``refresh_user`` returns what the test queued (a dict, True, False) and counts calls."""
+    """``refresh_user`` returns what the test queued (a dict, True, False) and counts calls;
+    ``server_token_store`` is where the hooks record each server's own token."""
 
-    def __init__(self, result: Any = False):
+    def __init__(self, result: Any = False, store: ServerTokenStore | None = None):
         self.result = result
         self.calls = 0
+        self.server_token_store = store or fake_store()
 
     async def refresh_user(self, user, handler=None):
         self.calls += 1

@@ -225,6 +225,11 @@ class TokenIssue(XnatHandler):
     endpoint = "tokens.issue"
 
     def get(self):
+        # AliasTokenRestlet (xnat-web, restlet/services), OP_ISSUE without a username:
+        # issueTokenForUser(getUser()), a new token of whoever authenticated, by password, session
+        # or an alias token alike (the hub mints each server's token with the login token); the
+        # user's other tokens stay valid. Lifetime: SiteConfigPreferences.aliasTokenTimeout
+        # (``token_lifetime`` here, read at each issue).
         self.send_json(self.emu.mint_token(self.user))
 
 

@@ -1,0 +1,7 @@
+"""``python -m xnat_oauth_token``: the ``xnat-token`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
