@@ -794,10 +794,6 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
 
     # -- notebook servers' own tokens (xnat_oauth.server_tokens, xnat_oauth.renewal) ---------
 
-    def get_handlers(self, app):
-        # oauthenticator's (login, callback, logout), then the servers' token renewal
-        return [*super().get_handlers(app), *renewal.handlers()]
-
     async def post_spawn_stop(self, user, spawner):
         """A server stopped: end its XNAT tokens (the spawn hooks' ``post_stop_hook`` does the
         same; whichever runs first does it), so a hub without that hook leaves none behind."""
@@ -843,12 +839,14 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
     # -- the login chain (oauthenticator's authenticate calls these in order) ---------------
 
     def get_handlers(self, app):
-        # oauthenticator's /oauth_login, /oauth_callback, /logout, and one of each per provider
+        # oauthenticator's /oauth_login, /oauth_callback, /logout, one of the first two per
+        # provider, and the servers' token renewal (xnat_oauth.renewal)
         provider_path = r"/([A-Za-z][A-Za-z0-9_-]{0,63})"
         return [
             *super().get_handlers(app),
             (r"/oauth_login" + provider_path, self.login_handler),
             (r"/oauth_callback" + provider_path, self.callback_handler),
+            *renewal.handlers(),
         ]
 
     def callback_route(self, provider: ProviderConfig) -> str | None:
