@@ -121,6 +121,12 @@ class XnatHandler(web.RequestHandler):
         if f is not None:
             if f.kind == "slow":
                 await asyncio.sleep(f.delay)
+            elif f.kind == "hang":
+                await self.emu._hang(f.delay)
+                self.dropped = True
+                self._record(0)
+                self.request.connection.stream.close()
+                raise web.Finish()
             elif f.kind == "drop":
                 self.dropped = True
                 self._record(0)
