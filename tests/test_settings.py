@@ -9,7 +9,9 @@ handler and the user are stand-ins, carrying what JupyterHub would hand over (th
 
 from __future__ import annotations
 
+import copy
 import secrets
+import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
@@ -444,7 +446,7 @@ async def test_refresh_refused_by_the_provider_asks_for_login(xnat, idp):
     assert len(valid_tokens(xnat, user.name)) == 1
 
 
-async def test_refresh_with_the_provider_down_asks_for_login_not_a_500(xnat):
+async def test_refresh_with_the_provider_down_keeps_the_session_while_its_token_is_valid(xnat, caplog):
     with RogueIdP(client_id="inproc-client") as own:
         xnat.enable_bearer(
             PROVIDER_ID, issuer=own.issuer, jwks_url=own.url("/jwks"), accepted_audiences=[own.client_id]
@@ -452,8 +454,14 @@ async def test_refresh_with_the_provider_down_asks_for_login_not_a_500(xnat):
         auth, user = await openid_user_with_refresh_token(xnat, own)
     # the provider is gone (connection refused) when the XNAT token needs renewing
     auth.xnat_token_refresh_margin = 10 * 86400
-    assert await auth.refresh_user(user) is False
+    stored = copy.deepcopy(user.auth_state)
+    assert await auth.refresh_user(user) is True, "an outage is no reason to end the session"
+    assert user.saved == [] and user.auth_state == stored
     assert len(valid_tokens(xnat, user.name)) == 1
+    assert "keeping the session" in caplog.text and "identity provider is unavailable" in caplog.text
+    # once the XNAT token itself has expired there is nothing left to keep: log in again
+    user.auth_state["xnat"]["token"]["expires_at"] = time.time() - 1
+    assert await auth.refresh_user(user) is False
 
 
 async def test_a_refresh_that_returns_someone_else_is_refused(xnat, idp):

@@ -73,7 +73,13 @@ from .oidc.presets import ProviderPreset, generic_preset, get_preset
 from .password_login import PasswordLogin
 from .throttle import PasswordThrottleSettings, throttle_from_settings
 from .urls import is_loopback_url
-from .user_errors import BEARER_REFUSED_HELP, oidc_login_errors, password_login_errors, user_error
+from .user_errors import (
+    BEARER_REFUSED_HELP,
+    oidc_login_errors,
+    outages_noted,
+    password_login_errors,
+    user_error,
+)
 from .xnat_client import BearerAuth, XnatClient
 from .xnat_login import discard, finish_login
 
@@ -117,6 +123,7 @@ class XnatLogoutHandler(OAuthLogoutHandler):
 
 class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
     login_handler = oidc_handlers.XnatOAuthLoginHandler
+    callback_handler = oidc_handlers.XnatOAuthCallbackHandler
     logout_handler = XnatLogoutHandler
 
     # -- XNAT ----------------------------------------------------------------------------
@@ -453,6 +460,12 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
                 "on the network path can read every XNAT password and token this hub sends. "
                 "Only for a throw-away test site; use xnat_ca_bundle for an institutional CA. !!!"
             )
+        if self.oidc_enabled and not self.validate_server_cert:
+            self.log.warning(
+                "!!! validate_server_cert is False: the identity provider's TLS certificate is NOT "
+                "verified, so anyone on the network path can hand this hub forged keys and tokens. "
+                "Only for a throw-away test site. !!!"
+            )
         self._check_someone_can_be_admitted()
         if self.check_xnat_jupyter_permission:
             # XNAT's Jupyter rule is an allow rule; JupyterHub need not warn about none.
@@ -591,7 +604,24 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         for name, value in endpoints.items():
             if getattr(self, name) != value:
                 setattr(self, name, value)
+        pkce = self._pkce_from_discovery(md.raw.get("code_challenge_methods_supported"))
+        if pkce != self.enable_pkce:
+            if not pkce:
+                self.log.warning(
+                    "The provider's discovery document lists code_challenge_methods_supported "
+                    "without S256 (%s): logins are sent without PKCE.",
+                    md.raw.get("code_challenge_methods_supported"),
+                )
+            self.enable_pkce = pkce
         return md
+
+    def _pkce_from_discovery(self, methods) -> bool:
+        """PKCE S256 whenever the provider advertises it; off only when it lists its methods and
+        S256 is not among them. A provider that says nothing (AAF's document) gets oauthenticator's
+        setting, on by default: a server must ignore parameters it does not know (RFC 6749 3.1)."""
+        if isinstance(methods, list):
+            return "S256" in methods
+        return self.enable_pkce
 
     @cached_property
     def xnat(self) -> XnatClient:
@@ -886,7 +916,9 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         Concurrent requests of one user share one refresh: a provider that detects refresh
         token reuse would otherwise revoke the whole grant, and each extra refresh would mint
         an XNAT token nobody stores. A new XNAT token is stored before the old one is
-        invalidated, and never kept if the refreshed login is someone else.
+        invalidated, and never kept if the refreshed login is someone else. When the provider or
+        XNAT is down, the session is kept unchanged while its XNAT token is valid (True): a
+        refusal asks for a new login, an outage does not.
         """
         if not self.enable_auth_state:
             return True
@@ -899,13 +931,32 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         result = await asyncio.shield(flight)
         return dict(result) if isinstance(result, dict) else result
 
+    def _keep_through_outage(self, user, before: XnatAuthState | None, why: str):
+        """The provider or XNAT did not answer (the error is logged): not a reason to end the
+        session. It goes on, auth_state untouched, while its XNAT token is still valid; JupyterHub
+        tries again after ``auth_refresh_age``, and a spawn that needs a fresher token says why."""
+        if before is not None and before.token is not None and before.token.is_valid_for(0):
+            self.log.warning(
+                "Could not renew the login of %s (%s); keeping the session and its XNAT token, "
+                "valid for %.0f s more",
+                user.name,
+                why,
+                before.token.expires_in(),
+            )
+            return True
+        self.log.warning("Could not renew the login of %s (%s) and its XNAT token has expired", user.name, why)
+        return False
+
     def _refresh_done(self, name, flight):
         if self._refreshes.get(name) is flight:
             del self._refreshes[name]
 
     async def _refresh_once(self, user, handler, **kwargs):
         before = XnatAuthState.maybe_from_auth_state(await user.get_auth_state())
-        result = await super().refresh_user(user, handler, **kwargs)
+        with outages_noted() as outages:
+            result = await super().refresh_user(user, handler, **kwargs)
+        if result is False and outages:
+            return self._keep_through_outage(user, before, outages[-1])
         if not isinstance(result, dict):
             return result
         after = XnatAuthState.maybe_from_auth_state(result.get("auth_state"))
@@ -940,11 +991,28 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         record = XnatAuthState.maybe_from_auth_state(auth_state)
         if record is None or record.token is None:
             return
-        try:
-            await self.xnat.invalidate_token(record.token)
-            self.log.info("Invalidated the XNAT token of %s at logout", user.name)
-        except XnatOAuthError as e:
-            self.log.warning("Could not invalidate the XNAT token of %s at logout: %s", user.name, e)
+        if record.url != self.xnat.url:
+            # issued by another XNAT (xnat_url changed): never send it anywhere, just forget it
+            self.log.warning(
+                "Not invalidating the XNAT token of %s at logout: it is for %s, not %s (alias %s)",
+                user.name,
+                record.url,
+                self.xnat.url,
+                record.token.alias,
+            )
+        else:
+            try:
+                await self.xnat.invalidate_token(record.token)
+                self.log.info("Invalidated the XNAT token of %s at logout", user.name)
+            except XnatOAuthError as e:
+                # The hub forgets it all the same: the user asked to be logged out. XNAT ends the
+                # token at its expiry; the alias lets an admin end it sooner.
+                self.log.warning(
+                    "Could not invalidate the XNAT token of %s (alias %s) at logout: %s",
+                    user.name,
+                    record.token.alias,
+                    e,
+                )
         await user.save_auth_state(without_xnat_token(auth_state))
 
 

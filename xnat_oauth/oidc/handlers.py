@@ -1,4 +1,5 @@
-"""The OpenID pieces oauthenticator's handlers lack: a ``nonce`` per login, and discovery first.
+"""The OpenID pieces oauthenticator's handlers lack: a ``nonce`` per login, discovery first, and
+a callback that never logs its authorization code.
 
 oauthenticator sends ``state`` and PKCE but no ``nonce`` (OIDC Core 3.1.2.1), so an ID token
 stolen from one login could be replayed into another. Each login here gets a fresh random nonce,
@@ -7,8 +8,14 @@ sent in the authorize request and kept in a signed, short-lived cookie of our ow
 callback (:func:`pop_login_nonce`) reads it back; the ID token must carry it; a
 :class:`NonceRegistry` refuses a second use within the hub process.
 
-Only public names are used: oauthenticator's ``OAuthLoginHandler`` (its documented
-``login_handler`` extension point), tornado's ``authorize_redirect`` and secure cookies.
+The callback's URL carries the authorization code. JupyterHub's request log scrubs it, but
+tornado's own error line (``RequestHandler.log_exception``) names the whole URI, for every error
+oauthenticator raises there ("OAuth state missing from cookies", a state mismatch) and with the
+request's repr for an unexpected one: :class:`XnatOAuthCallbackHandler` logs the path only.
+
+Only public names are used: oauthenticator's ``OAuthLoginHandler`` and ``OAuthCallbackHandler``
+(its documented ``login_handler`` and ``callback_handler`` extension points), tornado's
+``authorize_redirect``, ``log_exception`` and secure cookies.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import time
 from collections import OrderedDict
 from inspect import isawaitable
 
-from oauthenticator.oauth2 import OAuthLoginHandler
+from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthLoginHandler
 from tornado import web
 
 from ..errors import XnatOAuthError
@@ -65,6 +72,21 @@ class XnatOAuthLoginHandler(OAuthLoginHandler):
         extra_params = dict(extra_params or {})
         extra_params["nonce"] = self.xnat_nonce
         return super().authorize_redirect(*args, extra_params=extra_params, **kwargs)
+
+
+class XnatOAuthCallbackHandler(OAuthCallbackHandler):
+    def log_exception(self, typ, value, tb):
+        # tornado's version logs self.request.uri (and, for an unexpected error, the request's
+        # repr): here both carry the authorization code and state. The path is enough.
+        where = f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
+        if isinstance(value, web.HTTPError):
+            message = value.log_message
+            if message and value.args:
+                message = message % value.args
+            if message:
+                self.log.warning("%d %s: %s", value.status_code, where, message)
+            return
+        self.log.error("Uncaught exception %s", where, exc_info=(typ, value, tb))
 
 
 def pop_login_nonce(handler) -> str | None:
