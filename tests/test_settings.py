@@ -472,6 +472,72 @@ async def test_a_refresh_that_returns_someone_else_is_refused(xnat, idp):
     assert len(valid_tokens(xnat, user.name)) == 1, "the new token of the refused refresh was invalidated"
 
 
+# -- a token goes only to the XNAT that issued it ---------------------------------------------
+
+
+async def test_refresh_and_logout_never_send_a_token_to_another_xnat(xnat, make_xnat, caplog):
+    name = add_password_user(xnat)
+    user = await logged_in(make_authenticator(xnat), xnat, name)
+    (alias,) = [t["alias"] for t in valid_tokens(xnat, name)]
+    moved = make_xnat()  # xnat_url now names another XNAT (a migration, a typo fixed)
+    auth = make_authenticator(moved)
+    xnat.reset()
+    assert await auth.refresh_user(user) is False, "a token of another XNAT asks for a new login"
+    await auth.forget_xnat_token(user)  # logout
+    assert "xnat" not in user.auth_state, "logout forgets the token all the same"
+    assert xnat.count() == 0 and moved.count() == 0, "the token was sent somewhere"
+    assert f"is for {xnat.url}, not {moved.url} (alias {alias})" in caplog.text
+
+
+async def test_logout_with_xnat_down_forgets_the_token_and_names_it_for_the_admin(xnat, caplog):
+    name = add_password_user(xnat)
+    auth = make_authenticator(xnat)
+    user = await logged_in(auth, xnat, name)
+    (alias,) = [t["alias"] for t in valid_tokens(xnat, name)]
+    xnat.go_down()
+    await auth.forget_xnat_token(user)
+    assert "xnat" not in user.auth_state
+    assert f"Could not invalidate the XNAT token of {name} (alias {alias}) at logout" in caplog.text
+    xnat.come_up()
+    await auth.forget_xnat_token(user)  # nothing left to forget: no call
+    assert xnat.count("tokens.invalidate") == 0
+
+
+# -- TLS and PKCE ------------------------------------------------------------------------------
+
+
+def test_tls_verification_off_is_a_loud_warning_at_start_up(xnat, idp, caplog):
+    make_authenticator(xnat, oidc=idp)
+    assert "!!!" not in caplog.text
+    make_authenticator(xnat, oidc=idp, xnat_validate_cert=False, validate_server_cert=False)
+    assert "!!! xnat_validate_cert is False: XNAT's TLS certificate is NOT verified" in caplog.text
+    assert "!!! validate_server_cert is False: the identity provider's TLS certificate is NOT verified" in caplog.text
+    assert all(r.levelname == "WARNING" for r in caplog.records if "!!!" in r.getMessage())
+
+
+@pytest.mark.parametrize(
+    "advertised, configured, pkce",
+    [
+        (["S256"], True, True),
+        (["plain", "S256"], False, True),  # advertised: used even where the config turned it off
+        (None, True, True),  # the document says nothing (AAF's): oauthenticator's default, on
+        (None, False, False),
+        (["plain"], True, False),  # methods listed, S256 not among them: off, with a warning
+    ],
+    ids=["s256", "s256-over-config", "absent", "absent-config-off", "plain-only"],
+)
+async def test_pkce_follows_what_the_provider_advertises(xnat, idp, caplog, advertised, configured, pkce):
+    idp.discovery_overrides = {"code_challenge_methods_supported": advertised}
+    auth = make_authenticator(xnat, oidc=idp, enable_pkce=configured)
+    await auth.oidc_ready()
+    assert auth.enable_pkce is pkce
+    assert ("without S256" in caplog.text) is (advertised == ["plain"])
+    if pkce:  # and a login then goes through with it
+        add_openid_user(xnat, idp)
+        model = await auth.get_authenticated_user(await callback_from_provider(idp), None)
+        assert model is not None and idp.requests["token"][-1]["code_verifier"]
+
+
 # -- identity: the login XNAT names, or the pattern's prediction without an exchange -----------
 
 

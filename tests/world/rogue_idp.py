@@ -173,6 +173,11 @@ class RogueIdP:
         self._access_tokens: dict[str, _Session] = {}
         self._refresh_tokens: dict[str, _Session] = {}
         self._lock = threading.Lock()
+        # notified on every request's arrival (see wait_for)
+        self._arrived = threading.Condition()
+        #: every token response sent (access, refresh and ID tokens), in order, for the
+        #: provider's whole life (reset() keeps it: log scans look for all of them)
+        self.issued: list[dict[str, Any]] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.port: int | None = None
@@ -202,7 +207,8 @@ class RogueIdP:
         self.id_token_hook: Callable[[dict, dict], str] | None = None
         #: if set, userinfo answers with this sub instead of the account's
         self.userinfo_sub_override: str | None = None
-        #: keys merged into the discovery document (e.g. {"issuer": "https://elsewhere.example"})
+        #: keys merged into the discovery document (e.g. {"issuer": "https://elsewhere.example"});
+        #: a key given as None is left out
         self.discovery_overrides: dict[str, Any] = {}
         #: endpoint name -> HTTP status (int), "garbage" (200 with HTML) or "hang" (no answer
         #: until reset) instead of the endpoint's answer
@@ -383,6 +389,12 @@ class RogueIdP:
     def reset_counts(self) -> None:
         self.counts.clear()
 
+    def wait_for(self, endpoint: str, count: int, timeout: float = 30.0) -> bool:
+        """Block until ``endpoint`` has received ``count`` requests in all (``counts``), at most
+        ``timeout`` seconds; whether it did. Runs in the caller's thread, never on the provider's."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: self.counts[endpoint] >= count, timeout)
+
     def published_kids(self) -> list[str]:
         return [k.kid for k in self._published]
 
@@ -448,7 +460,7 @@ class RogueIdP:
             "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce", "name", "email"],
         }
         doc.update(self.discovery_overrides)
-        return doc
+        return {k: v for k, v in doc.items() if v is not None}
 
     # -- tokens -------------------------------------------------------------------------------
 
@@ -635,6 +647,7 @@ class RogueIdP:
             refresh_token = secrets.token_urlsafe(32)
             self._refresh_tokens[refresh_token] = session
             response["refresh_token"] = refresh_token
+        self.issued.append(response)
         return response
 
 
@@ -646,7 +659,9 @@ class _Base(tornado.web.RequestHandler):
         self.door = door
 
     async def prepare(self) -> None:
-        self.idp.counts[self.endpoint] += 1
+        with self.idp._arrived:
+            self.idp.counts[self.endpoint] += 1
+            self.idp._arrived.notify_all()
         fault = self.idp.faults.get(self.endpoint) if self.idp.fault_applies(self.endpoint, self.door) else None
         if fault == "hang":
             await self.idp.hang()

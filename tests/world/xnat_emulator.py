@@ -282,6 +282,10 @@ class XnatEmulator:
         self._next_user_id = 1
         self._next_token_id = 1
         self.calls: list[Call] = []
+        #: requests received per endpoint since the last reset, counted on arrival (before any
+        #: fault), so a test can wait for a request that will never be answered (see wait_for)
+        self.arrivals: collections.Counter[str] = collections.Counter()
+        self._arrived = threading.Condition(self._lock)
         # every request's path and query as sent, secrets and all (see seen_uris); cleared by reset
         self._uris: collections.deque[str] = collections.deque(maxlen=100_000)
         # bounded: the demo and the benchmarks run an emulator for long
@@ -1067,6 +1071,7 @@ class XnatEmulator:
             self._sessions.clear()
             self.sessions_opened = {}
             self.calls = []
+            self.arrivals = collections.Counter()
             self.bearer_refusals = []
             self._uris.clear()
             self._generation += 1
@@ -1122,6 +1127,18 @@ class XnatEmulator:
             st = self._lockouts.get(u.username if u else username)
             self._expire_lock(st)
             return bool(st and st.locked_until is not None)
+
+    def _arrive(self, endpoint: str, generation: int):
+        with self._arrived:
+            if generation == self._generation:
+                self.arrivals[endpoint] += 1
+                self._arrived.notify_all()
+
+    def wait_for(self, endpoint: str, count: int, timeout: float = 30.0) -> bool:
+        """Block until ``endpoint`` has received ``count`` requests since the last reset (the
+        request that makes it may still be unanswered), at most ``timeout`` seconds; whether it did."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: self.arrivals[endpoint] >= count, timeout)
 
     def seen_uris(self) -> list[str]:
         """Every request path (with its query) received since the last reset, unredacted.

@@ -117,6 +117,7 @@ class XnatHandler(web.RequestHandler):
     # -- faults ------------------------------------------------------------------------------
 
     async def prepare(self):
+        self.emu._arrive(self.endpoint, self._generation)
         f = self.emu._take_fault(self.endpoint)
         if f is not None:
             if f.kind == "slow":
