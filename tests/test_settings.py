@@ -26,6 +26,7 @@ from traitlets.config import Config
 
 from tests.world.rogue_idp import RogueIdP, pkce_pair
 from xnat_oauth import XnatOAuthenticator
+from xnat_oauth.login_state import LOGIN_KEY
 from xnat_oauth.oidc.handlers import LOGIN_COOKIE
 
 PROVIDER_ID = "inproc"
@@ -462,6 +463,18 @@ async def test_refresh_with_the_provider_down_keeps_the_session_while_its_token_
     # once the XNAT token itself has expired there is nothing left to keep: log in again
     user.auth_state["xnat"]["token"]["expires_at"] = time.time() - 1
     assert await auth.refresh_user(user) is False
+
+
+async def test_a_bearer_record_without_an_identity_refreshes_without_a_crash(xnat, idp):
+    """auth_state from a version that stored no (issuer, sub) with a Bearer login."""
+    auth, user = await openid_user_with_refresh_token(xnat, idp)
+    for record in (user.auth_state["xnat"], user.auth_state["token_response"][LOGIN_KEY]["xnat"]):
+        record.pop("identity")
+    assert isinstance(await auth.refresh_user(user), dict)
+    auth.xnat_token_refresh_margin = 10 * 86400  # and one that renews the XNAT token
+    model = await auth.refresh_user(user)
+    assert model["auth_state"]["xnat"]["identity"]["sub"] == idp.account["sub"]
+    assert len(valid_tokens(xnat, user.name)) == 1
 
 
 async def test_a_refresh_that_returns_someone_else_is_refused(xnat, idp):

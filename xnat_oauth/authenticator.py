@@ -604,8 +604,9 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         for name, value in endpoints.items():
             if getattr(self, name) != value:
                 setattr(self, name, value)
-        pkce = self._pkce_from_discovery(md.raw.get("code_challenge_methods_supported"))
-        if pkce != self.enable_pkce:
+        configured: bool = self.enable_pkce  # type: ignore[has-type]  # oauthenticator's trait
+        pkce = self._pkce_from_discovery(md.raw.get("code_challenge_methods_supported"), configured)
+        if pkce != configured:
             if not pkce:
                 self.log.warning(
                     "The provider's discovery document lists code_challenge_methods_supported "
@@ -615,13 +616,14 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
             self.enable_pkce = pkce
         return md
 
-    def _pkce_from_discovery(self, methods) -> bool:
+    @staticmethod
+    def _pkce_from_discovery(methods, configured: bool) -> bool:
         """PKCE S256 whenever the provider advertises it; off only when it lists its methods and
         S256 is not among them. A provider that says nothing (AAF's document) gets oauthenticator's
         setting, on by default: a server must ignore parameters it does not know (RFC 6749 3.1)."""
         if isinstance(methods, list):
             return "S256" in methods
-        return self.enable_pkce
+        return configured
 
     @cached_property
     def xnat(self) -> XnatClient:
