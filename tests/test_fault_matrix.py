@@ -789,9 +789,17 @@ _ABANDONED_SPAWN = re.compile(
 )
 
 
+# JupyterHub before jupyterhub/jupyterhub#5405 (the oldest supported, 5.3) logs every error of
+# a spawn with its traceback, a refusal raised on purpose too ("Unhandled error starting ...").
+_LOGGED_REFUSAL = re.compile(
+    r"Unhandled error starting [^\n]*: spawn refused \([a-z_]+\)[^\n]*\n"
+    r"\s+Traceback \(most recent call last\):\n(?:[ \t]+.*\n)*?\s+spawn_hooks\.errors\.SpawnRefused: [^\n]*\n"
+)
+
+
 def unhandled_tracebacks(log: str) -> bool:
-    """Whether ``log`` holds a traceback other than JupyterHub's abandoned spawn task."""
-    return has_traceback(_ABANDONED_SPAWN.sub("", log))
+    """Whether ``log`` holds a traceback other than JupyterHub's of a spawn refused on purpose."""
+    return has_traceback(_LOGGED_REFUSAL.sub("", _ABANDONED_SPAWN.sub("", log)))
 
 
 def check_cell(w: World, step: str, fault: str, seen: Seen) -> None:

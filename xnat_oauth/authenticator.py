@@ -931,6 +931,13 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
             self._refreshes[user.name] = flight
             flight.add_done_callback(functools.partial(self._refresh_done, user.name))
         result = await asyncio.shield(flight)
+        if result is False and compat.refresh_cannot_ask_for_login(self, handler, user):
+            self.log.warning(
+                "The login of %s needs renewing, which only they can do; keeping it for a request "
+                "made on their behalf",
+                user.name,
+            )
+            return True
         return dict(result) if isinstance(result, dict) else result
 
     def _keep_through_outage(self, user, before: XnatAuthState | None, why: str):
