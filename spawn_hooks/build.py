@@ -169,7 +169,9 @@ async def fresh_auth_state(spawner, settings: XnatSpawnHooks, raw=None) -> XnatA
     refreshed = None
     if authenticator is not None:
         try:
-            result = await maybe_future(authenticator.refresh_user(user, getattr(spawner, "handler", None)))
+            # no handler: this refresh is the hook's own, not a request's, so no login can be asked
+            # for and nothing may be kept on a requester's behalf (see xnat_oauth.compat)
+            result = await maybe_future(authenticator.refresh_user(user, None))
         except Exception as e:  # noqa: BLE001 - a refresh failure means "log in again", never a crash
             log.warning("refreshing %s failed: %s", state.username, type(e).__name__)
             result = None
