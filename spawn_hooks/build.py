@@ -59,7 +59,9 @@ from .plan import (
 log = logging.getLogger("spawn_hooks")
 
 #: failures after which ``allow_start_without_data`` may start the server anyway
-SOFT_REASONS = frozenset({"xnat_unavailable", "token_expired", "launch_options_not_found", "no_data"})
+SOFT_REASONS = frozenset(
+    {"xnat_unavailable", "renewal_unavailable", "token_expired", "launch_options_not_found", "no_data"}
+)
 
 
 @functools.lru_cache(maxsize=8)
@@ -169,7 +171,9 @@ async def fresh_auth_state(spawner, settings: XnatSpawnHooks, raw=None) -> XnatA
     refreshed = None
     if authenticator is not None:
         try:
-            result = await maybe_future(authenticator.refresh_user(user, getattr(spawner, "handler", None)))
+            # no handler: this refresh is the hook's own, not a request's, so no login can be asked
+            # for and nothing may be kept on a requester's behalf (see xnat_oauth.compat)
+            result = await maybe_future(authenticator.refresh_user(user, None))
         except Exception as e:  # noqa: BLE001 - a refresh failure means "log in again", never a crash
             log.warning("refreshing %s failed: %s", state.username, type(e).__name__)
             result = None
@@ -179,25 +183,45 @@ async def fresh_auth_state(spawner, settings: XnatSpawnHooks, raw=None) -> XnatA
         elif result is True:
             refreshed = XnatAuthState.maybe_from_auth_state(await user.get_auth_state())
     if refreshed is None or refreshed.token is None or not refreshed.token.is_valid_for(margin):
+        if result is True and refreshed is not None and refreshed.token is not None and refreshed.token.is_valid_for(0):
+            # The authenticator kept the session without renewing it: XnatOAuthenticator does
+            # that only while the provider or XNAT is down (its log says which).
+            raise SpawnRefused(
+                "renewal_unavailable",
+                log_detail=f"the XNAT token of {state.username} is due for renewal and was not renewed",
+            )
         raise SpawnRefused("token_expired", log_detail=f"XNAT token of {state.username} expired and was not refreshed")
     return refreshed
 
 
-def _xnat_url(settings: XnatSpawnHooks, state: XnatAuthState | None) -> str:
+def _xnat_url(spawner, settings: XnatSpawnHooks) -> str:
+    """The XNAT this hub uses: ``XnatSpawnHooks.xnat_url``, else the authenticator's ``xnat_url``
+    (as ``xnat-oauth check`` reads them). Never a URL from auth_state."""
     if settings.xnat_url:
-        if state is not None and not _same_url(settings.xnat_url, state.url):
-            # sending a user's token to another XNAT than the one that issued it leaks it
-            raise ConfigError("the user's token was issued by another XNAT than XnatSpawnHooks.xnat_url")
         return settings.xnat_url
-    if state is not None and state.url:
-        return state.url
+    authenticator = getattr(spawner.user, "authenticator", None)
+    url = getattr(authenticator, "xnat_url", "")
+    if isinstance(url, str) and url:
+        return url
     raise ConfigError("XnatSpawnHooks.xnat_url (or $JH_XNAT_URL) is not set")
 
 
-async def _plan_from_xnat(spawner, settings, rules, username, servername, launch,
-                          raw_state) -> tuple[SpawnPlan, XnatAuthState | None, XnatClient]:
-    state = XnatAuthState.maybe_from_auth_state(raw_state)
-    url = _xnat_url(settings, state)
+def _xnat_url_for_token(spawner, settings: XnatSpawnHooks, state: XnatAuthState) -> str:
+    """The configured XNAT, if it is the one that issued the user's token; else a new login is needed."""
+    url = _xnat_url(spawner, settings)
+    if not _same_url(url, state.url):
+        # sending a user's token to another XNAT than the one that issued it leaks it
+        raise SpawnRefused(
+            "token_expired",
+            log_detail=f"the XNAT token of {state.username} is for {state.url}, not this hub's XNAT {url}",
+        )
+    return url
+
+
+async def _plan_from_xnat(spawner, settings, rules, username, servername,
+                          launch) -> tuple[SpawnPlan, XnatAuthState | None, XnatClient]:
+    # no user token is sent: the launch's credentials are the ones XNAT stored with it
+    url = _xnat_url(spawner, settings)
     if not settings.service_password:
         raise ConfigError("XnatSpawnHooks.service_password (or $JH_XNAT_PASSWORD) is not set")
     client = _client(settings, url)
@@ -224,7 +248,7 @@ async def _plan_from_hub(spawner, settings, rules, servername, launch,
     token = state.token
     if token is None:  # fresh_auth_state never returns one without a token; this tells the type checker
         raise SpawnRefused("token_expired", log_detail="no XNAT token in auth_state")
-    url = _xnat_url(settings, state)
+    url = _xnat_url_for_token(spawner, settings, state)
     client = _client(settings, url)
     try:
         if state.token is None:
@@ -361,8 +385,7 @@ async def build_plan(spawner, settings: XnatSpawnHooks | None = None) -> SpawnPl
         username = check_username(state.username if state else spawner.user.name)
         try:
             if is_xnat_launch(launch):
-                plan, login, client = await _plan_from_xnat(spawner, settings, rules, username, servername, launch,
-                                                            raw_state)
+                plan, login, client = await _plan_from_xnat(spawner, settings, rules, username, servername, launch)
             else:
                 plan, login, client = await _plan_from_hub(spawner, settings, rules, servername, launch, raw_state)
             plan = await asyncio.to_thread(check_filesystem, plan, settings)

@@ -58,8 +58,9 @@ class XnatSpawnHooks(Configurable):
         help="""XNAT's base URL, with its context path. Default: $JH_XNAT_URL.
 
         Launch options are read here. For servers started from the hub, the user's token
-        is used only if it was issued by this XNAT (the auth_state URL must match);
-        empty means: trust the URL stored in the user's auth_state.""",
+        is used only if it was issued by this XNAT (the auth_state URL must match, else the
+        user is asked to log in again). Empty: the authenticator's ``xnat_url``; a URL found
+        in auth_state alone is never trusted.""",
     )
 
     @default("xnat_url")

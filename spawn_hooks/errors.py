@@ -30,6 +30,11 @@ REASONS: dict[str, tuple[int, str]] = {
         "Your XNAT session has expired or is missing. Please log out, log in again, "
         "and then start your server.",
     ),
+    "renewal_unavailable": (
+        503,
+        "Your XNAT session is due for renewal, but your identity provider or XNAT cannot be "
+        "reached at the moment. Please try again in a few minutes.",
+    ),
     "launch_options_not_found": (
         404,
         "XNAT has no launch settings for this server, or you can no longer read the item it "
@@ -47,7 +52,7 @@ REASONS: dict[str, tuple[int, str]] = {
     "image_not_allowed": (400, "This notebook image is not allowed on this hub"),
     "unsupported": (400, "This hub cannot start XNAT's launch settings as they are"),
     "xnat_refused": (
-        502,
+        403,
         "XNAT refused the hub's request for your data. Please tell your administrator.",
     ),
     "config": (500, "The hub is not configured for XNAT correctly. Please tell your administrator."),

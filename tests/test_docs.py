@@ -64,3 +64,43 @@ def test_the_xnat_side_snippets_match_the_presets_and_name_every_required_settin
         if pid in PRESETS:
             assert props[f"openid.{pid}.issuer"] == PRESETS[pid].issuer
             assert props[f"openid.{pid}.jwksUri"] == jwks[pid]
+
+
+def _attacks_and_tests() -> list[tuple[str, str]]:
+    """(attack, test cell) of each row of security.md's table of attacks, faults and tests."""
+    text = (REPO / "docs" / "security.md").read_text()
+    section = text.split("## Attacks and faults, and the tests that show what the hub does", 1)[1]
+    rows = []
+    for line in section.split("\n## ", 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] not in ("Attack or fault",) and not set(cells[0]) <= {"-"}:
+            rows.append((cells[0], cells[-1]))
+    return rows
+
+
+def test_every_attack_in_the_security_table_names_tests_that_exist():
+    """Each row names at least one test (or "same test" as the row above), and every test,
+    fixture or fault-matrix cell it names exists."""
+    import fnmatch
+    import re
+
+    from tests.test_fault_matrix import CELLS
+
+    cell_ids = [f"{step}-{fault}" for step, fault in CELLS]
+    rows = _attacks_and_tests()
+    assert len(rows) >= 25
+    for attack, cell in rows:
+        refs = re.findall(r"`([^`]+)`", cell)
+        named = [r for r in refs if "::" in r]
+        assert named or cell.startswith("same test"), f"no test named for: {attack}"
+        current = None
+        for ref in refs:
+            if "::" in ref:
+                path, _, name = ref.partition("::")
+                current = path or current
+                assert current, f"{ref!r} names no file ({attack})"
+                source = (REPO / current).read_text()
+                name = name.split("[", 1)[0]
+                assert re.search(rf"^(async )?def {re.escape(name)}\(", source, re.M), f"{current}::{name} does not exist"
+            elif "*" in ref:
+                assert fnmatch.filter(cell_ids, ref), f"no fault-matrix cell matches {ref!r} ({attack})"

@@ -10,10 +10,13 @@ refusal for the wrong reason fails too.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import secrets
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -21,7 +24,7 @@ from joserfc import jwt
 
 from tests.world.browser import HubBrowser
 from tests.world.fixtures_hub import running_hub
-from tests.world.hub import HubProcess, free_port
+from tests.world.hub import HubProcess, free_port, has_traceback, leaked_codes
 from tests.world.idp_login import login_via_idp
 from tests.world.rogue_idp import RogueIdP, TokenMode
 
@@ -56,22 +59,12 @@ def rogue_hub_config(rogue: RogueIdP, *, xnat_url: str, hub_url: str, **extra) -
 
 @pytest.fixture(scope="module")
 def rogue():
-    """This module's own rogue provider, recording every token response it sends.
+    """This module's own rogue provider (it records every token response it sends: ``issued``).
 
     Its own (not the session's): the hubs here cache its keys, which another module's key
     rotation must not disturb.
     """
     with RogueIdP() as idp:
-        issued: list[dict] = []
-        honest_issue = idp._issue
-
-        def recording_issue(*args, **kwargs):
-            response = honest_issue(*args, **kwargs)
-            issued.append(response)
-            return response
-
-        idp._issue = recording_issue
-        idp.issued = issued
         yield idp
 
 
@@ -372,7 +365,60 @@ async def test_a_claim_the_pattern_needs_but_the_provider_did_not_release_is_a_4
     assert xnat.count() == 0
 
 
+# -- PKCE -----------------------------------------------------------------------------------------
+
+
+async def test_pkce_s256_goes_to_the_provider_and_its_verifier_redeems_the_code(hub, idp, xnat):
+    """The provider advertises S256 (``code_challenge_methods_supported``): the authorize request
+    carries the S256 challenge, the token request the verifier that hashes to it."""
+    assert "S256" in idp.discovery_document()["code_challenge_methods_supported"]
+    add_xnat_account(xnat, idp)
+    async with login(hub) as attempt:
+        assert attempt.response.status_code == 302, attempt.log[-2000:]
+    (authorize,) = idp.requests["authorize"]
+    (token,) = idp.requests["token"]
+    assert authorize["code_challenge_method"] == "S256"
+    verifier = token["code_verifier"]
+    assert 43 <= len(verifier) <= 128  # RFC 7636 4.1
+    digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    assert authorize["code_challenge"] == digest
+    assert verifier not in attempt.log and authorize["code_challenge"] not in attempt.log
+
+
 # -- secrets stay out of the log ------------------------------------------------------------------
+
+
+async def test_no_authorization_code_reaches_the_log_whatever_the_callback_answers(hub, idp, xnat):
+    """Logins that succeed, are refused, fail at the provider, and a callback that arrives
+    without its login's cookies (oauthenticator's "OAuth state missing from cookies", which
+    tornado logs with the request's URI): the hub's log never shows a code the provider issued."""
+    add_xnat_account(xnat, idp)
+    before = len(hub.log_text())
+    async with login(hub) as ok:
+        assert ok.response.status_code == 302
+    idp.faults["token"] = 400
+    async with login(hub) as refused:
+        assert_error_page(refused, 403)
+    idp.faults["token"] = "garbage"
+    async with login(hub) as failed:
+        assert_error_page(failed, 503)
+    idp.faults.clear()
+    # a code the provider issued, brought to the callback by a browser that never started a login
+    async with HubBrowser(hub.url) as stranger:
+        answer = await stranger.client.get(
+            idp.url("/authorize"),
+            params={"response_type": "code", "client_id": idp.client_id, "state": "x",
+                    "redirect_uri": hub.url + "/hub/oauth_callback", "scope": "openid"},
+        )
+        callback = answer.headers["location"]
+        assert parse_qs(urlsplit(callback).query)["code"]
+        response = await stranger.get(callback)
+        assert response.status_code == 400
+    log = hub.log_text()[before:]
+    assert len(idp.codes_issued) == 4
+    assert "OAuth state missing from cookies" in log, "the callback's own error was logged"
+    assert leaked_codes(log, idp.codes_issued) == []
+    assert not has_traceback(log)
 
 
 async def test_no_token_or_secret_reaches_the_hub_log(hub, idp, xnat):

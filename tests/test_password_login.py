@@ -81,6 +81,17 @@ async def test_password_login_stores_the_users_own_alias_token(hub, browser, xna
     assert xnat.count("tokens.issue") == 1
 
 
+@pytest.mark.parametrize("path", ["/hub/oauth_login", "/hub/oauth_login?next=%2Fhub%2Fhome"])
+async def test_openid_login_on_a_password_only_hub_is_a_404_page(hub, browser, path):
+    before = len(hub.log_text())
+    resp = await browser.get(hub.url + path)
+    assert resp.status_code == 404
+    assert resp.headers["content-type"].startswith("text/html") and "<h1>404" in resp.text
+    # the page says why on JupyterHub 6 (5's 404 page shows no message); the log says it on both
+    assert "OpenID login is not configured on this hub" in hub.log_text()[before:]
+    assert not has_traceback(hub.run_log())
+
+
 async def test_wrong_password_shows_the_form_again_with_403(hub, browser, xnat):
     resp = await browser.password_login("bob", "not-" + BOB_PW)
     assert resp.status_code == 403

@@ -9,7 +9,9 @@ handler and the user are stand-ins, carrying what JupyterHub would hand over (th
 
 from __future__ import annotations
 
+import copy
 import secrets
+import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
@@ -24,6 +26,7 @@ from traitlets.config import Config
 
 from tests.world.rogue_idp import RogueIdP, pkce_pair
 from xnat_oauth import XnatOAuthenticator
+from xnat_oauth.login_state import LOGIN_KEY
 from xnat_oauth.oidc.handlers import LOGIN_COOKIE
 
 PROVIDER_ID = "inproc"
@@ -451,7 +454,7 @@ async def test_refresh_refused_by_the_provider_asks_for_login(xnat, idp):
     assert len(valid_tokens(xnat, user.name)) == 1
 
 
-async def test_refresh_with_the_provider_down_asks_for_login_not_a_500(xnat):
+async def test_refresh_with_the_provider_down_keeps_the_session_while_its_token_is_valid(xnat, caplog):
     with RogueIdP(client_id="inproc-client") as own:
         xnat.enable_bearer(
             PROVIDER_ID, issuer=own.issuer, jwks_url=own.url("/jwks"), accepted_audiences=[own.client_id]
@@ -459,7 +462,25 @@ async def test_refresh_with_the_provider_down_asks_for_login_not_a_500(xnat):
         auth, user = await openid_user_with_refresh_token(xnat, own)
     # the provider is gone (connection refused) when the XNAT token needs renewing
     auth.xnat_token_refresh_margin = 10 * 86400
+    stored = copy.deepcopy(user.auth_state)
+    assert await auth.refresh_user(user) is True, "an outage is no reason to end the session"
+    assert user.saved == [] and user.auth_state == stored
+    assert len(valid_tokens(xnat, user.name)) == 1
+    assert "keeping the session" in caplog.text and "identity provider is unavailable" in caplog.text
+    # once the XNAT token itself has expired there is nothing left to keep: log in again
+    user.auth_state["xnat"]["token"]["expires_at"] = time.time() - 1
     assert await auth.refresh_user(user) is False
+
+
+async def test_a_bearer_record_without_an_identity_refreshes_without_a_crash(xnat, idp):
+    """auth_state from a version that stored no (issuer, sub) with a Bearer login."""
+    auth, user = await openid_user_with_refresh_token(xnat, idp)
+    for record in (user.auth_state["xnat"], user.auth_state["token_response"][LOGIN_KEY]["xnat"]):
+        record.pop("identity")
+    assert isinstance(await auth.refresh_user(user), dict)
+    auth.xnat_token_refresh_margin = 10 * 86400  # and one that renews the XNAT token
+    model = await auth.refresh_user(user)
+    assert model["auth_state"]["xnat"]["identity"]["sub"] == idp.account["sub"]
     assert len(valid_tokens(xnat, user.name)) == 1
 
 
@@ -469,6 +490,72 @@ async def test_a_refresh_that_returns_someone_else_is_refused(xnat, idp):
     other = HubUser("somebody_else", user.auth_state)
     assert await auth.refresh_user(other) is False
     assert len(valid_tokens(xnat, user.name)) == 1, "the new token of the refused refresh was invalidated"
+
+
+# -- a token goes only to the XNAT that issued it ---------------------------------------------
+
+
+async def test_refresh_and_logout_never_send_a_token_to_another_xnat(xnat, make_xnat, caplog):
+    name = add_password_user(xnat)
+    user = await logged_in(make_authenticator(xnat), xnat, name)
+    (alias,) = [t["alias"] for t in valid_tokens(xnat, name)]
+    moved = make_xnat()  # xnat_url now names another XNAT (a migration, a typo fixed)
+    auth = make_authenticator(moved)
+    xnat.reset()
+    assert await auth.refresh_user(user) is False, "a token of another XNAT asks for a new login"
+    await auth.forget_xnat_token(user)  # logout
+    assert "xnat" not in user.auth_state, "logout forgets the token all the same"
+    assert xnat.count() == 0 and moved.count() == 0, "the token was sent somewhere"
+    assert f"is for {xnat.url}, not {moved.url} (alias {alias})" in caplog.text
+
+
+async def test_logout_with_xnat_down_forgets_the_token_and_names_it_for_the_admin(xnat, caplog):
+    name = add_password_user(xnat)
+    auth = make_authenticator(xnat)
+    user = await logged_in(auth, xnat, name)
+    (alias,) = [t["alias"] for t in valid_tokens(xnat, name)]
+    xnat.go_down()
+    await auth.forget_xnat_token(user)
+    assert "xnat" not in user.auth_state
+    assert f"Could not invalidate the XNAT token of {name} (alias {alias}) at logout" in caplog.text
+    xnat.come_up()
+    await auth.forget_xnat_token(user)  # nothing left to forget: no call
+    assert xnat.count("tokens.invalidate") == 0
+
+
+# -- TLS and PKCE ------------------------------------------------------------------------------
+
+
+def test_tls_verification_off_is_a_loud_warning_at_start_up(xnat, idp, caplog):
+    make_authenticator(xnat, oidc=idp)
+    assert "!!!" not in caplog.text
+    make_authenticator(xnat, oidc=idp, xnat_validate_cert=False, validate_server_cert=False)
+    assert "!!! xnat_validate_cert is False: XNAT's TLS certificate is NOT verified" in caplog.text
+    assert "!!! validate_server_cert is False: the identity provider's TLS certificate is NOT verified" in caplog.text
+    assert all(r.levelname == "WARNING" for r in caplog.records if "!!!" in r.getMessage())
+
+
+@pytest.mark.parametrize(
+    "advertised, configured, pkce",
+    [
+        (["S256"], True, True),
+        (["plain", "S256"], False, True),  # advertised: used even where the config turned it off
+        (None, True, True),  # the document says nothing (AAF's): oauthenticator's default, on
+        (None, False, False),
+        (["plain"], True, False),  # methods listed, S256 not among them: off, with a warning
+    ],
+    ids=["s256", "s256-over-config", "absent", "absent-config-off", "plain-only"],
+)
+async def test_pkce_follows_what_the_provider_advertises(xnat, idp, caplog, advertised, configured, pkce):
+    idp.discovery_overrides = {"code_challenge_methods_supported": advertised}
+    auth = make_authenticator(xnat, oidc=idp, enable_pkce=configured)
+    await auth.oidc_ready()
+    assert auth.enable_pkce is pkce
+    assert ("without S256" in caplog.text) is (advertised == ["plain"])
+    if pkce:  # and a login then goes through with it
+        add_openid_user(xnat, idp)
+        model = await auth.get_authenticated_user(await callback_from_provider(idp), None)
+        assert model is not None and idp.requests["token"][-1]["code_verifier"]
 
 
 # -- identity: the login XNAT names, or the pattern's prediction without an exchange -----------

@@ -587,7 +587,7 @@ async def test_expiring_token_is_refreshed_through_the_authenticator(world):
     assert [c.auth_kind for c in world.calls if c.endpoint == "tokens.issue"] in (["basic-token"], ["session"])
 
 
-@pytest.mark.parametrize("result", [False, None, True, {"name": "alice"}])
+@pytest.mark.parametrize("result", [False, None, {"name": "alice"}])
 async def test_expiring_token_without_refresh_asks_for_a_new_login(world, result):
     auth = FakeAuthenticator(result)
     with pytest.raises(SpawnRefused) as err:
@@ -597,14 +597,64 @@ async def test_expiring_token_without_refresh_asks_for_a_new_login(world, result
     assert world.count() == 0
 
 
-async def test_token_for_another_xnat_is_never_sent(world):
-    spawner = spawner_for(world, "alice")
-    spawner.config.XnatSpawnHooks.xnat_url = "http://127.0.0.1:9"  # not where the token came from
+async def test_a_session_kept_through_an_outage_without_renewal_is_a_503_not_a_new_login(world):
+    # XnatOAuthenticator answers True, keeping the session, only while the provider or XNAT is down
+    auth = FakeAuthenticator(True)
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner_for(world, "alice", token=expiring_token(10), authenticator=auth))
+    assert err.value.reason == "renewal_unavailable" and err.value.status_code == 503
+    assert "try again in a few minutes" in err.value.jupyterhub_message
+    assert world.count() == 0
+    # an expired token is past keeping: log in again
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(spawner_for(world, "alice", token=expiring_token(-10), authenticator=auth))
+    assert err.value.reason == "token_expired"
+
+
+class XnatAtUrl(FakeAuthenticator):
+    """An authenticator configured for one XNAT, as XnatOAuthenticator is (``xnat_url``)."""
+
+    def __init__(self, xnat_url: str):
+        super().__init__(False)
+        self.xnat_url = xnat_url
+
+
+@pytest.mark.parametrize("configured_in", ["hooks", "authenticator"])
+async def test_token_for_another_xnat_is_never_sent(world, configured_in):
+    """The stored URL must be this hub's XNAT (XnatSpawnHooks.xnat_url, else the authenticator's)
+    before the user's token goes anywhere; another XNAT's token means a new login."""
+    moved = "http://127.0.0.1:9"  # the hub's XNAT now; the token came from the emulator
+    spawner = spawner_for(world, "alice", authenticator=XnatAtUrl(moved))
+    spawner.config.XnatSpawnHooks.xnat_url = moved if configured_in == "hooks" else ""
     spawner = FakeSpawner(config=spawner.config, user=spawner.user)
     with pytest.raises(SpawnRefused) as err:
         await build_plan(spawner)
-    assert err.value.reason == "config"
+    assert err.value.reason == "token_expired" and err.value.status_code == 403
     assert world.count() == 0
+    assert spawner.user.authenticator.calls == 0, "nothing refreshed for another XNAT either"
+
+
+async def test_without_xnat_url_the_hooks_use_the_authenticators_never_the_stored_one(world):
+    spawner = spawner_for(world, "alice", authenticator=XnatAtUrl(world.url))
+    spawner.config.XnatSpawnHooks.xnat_url = ""
+    plan = await build_plan(FakeSpawner(config=spawner.config, user=spawner.user))
+    assert plan.projects == ("PA", "PB")
+    # no XNAT configured anywhere: the URL in auth_state is not trusted on its own
+    spawner = spawner_for(world, "alice")
+    spawner.config.XnatSpawnHooks.xnat_url = ""
+    with pytest.raises(SpawnRefused) as err:
+        await build_plan(FakeSpawner(config=spawner.config, user=spawner.user))
+    assert err.value.reason == "config"
+    assert world.count("projects") == 1
+
+
+async def test_an_xnat_launch_reads_its_options_from_the_configured_xnat_whatever_auth_state_says(world):
+    stored = world.store_user_options("alice", "", project_id="PA")
+    launch = {"projectId": "PA", "eventTrackingId": stored["eventTrackingId"]}
+    spawner = spawner_for(world, "alice", user_options=launch, allowed_images=["*"])
+    spawner.user._auth_state["xnat"]["url"] = "http://127.0.0.1:9"  # a login from another XNAT
+    plan = await build_plan(spawner)
+    assert plan.origin == "xnat" and world.count("user_options") == 1
 
 
 async def test_nothing_to_mount(world):

@@ -81,6 +81,7 @@ from .user_errors import (
     BEARER_REFUSED_HELP,
     PROVIDER_FAILED,
     oidc_login_errors,
+    outages_noted,
     password_login_errors,
     user_error,
 )
@@ -536,6 +537,12 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
                 "on the network path can read every XNAT password and token this hub sends. "
                 "Only for a throw-away test site; use xnat_ca_bundle for an institutional CA. !!!"
             )
+        if self.oidc_enabled and not self.validate_server_cert:
+            self.log.warning(
+                "!!! validate_server_cert is False: the identity provider's TLS certificate is NOT "
+                "verified, so anyone on the network path can hand this hub forged keys and tokens. "
+                "Only for a throw-away test site. !!!"
+            )
         self._check_someone_can_be_admitted()
         if self.check_xnat_jupyter_permission:
             # XNAT's Jupyter rule is an allow rule; JupyterHub need not warn about none.
@@ -761,6 +768,10 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         return {}
 
     @cached_property
+    def _pkce_warned(self) -> set[str]:
+        return set()
+
+    @cached_property
     def _nonces(self) -> oidc_handlers.NonceRegistry:
         return oidc_handlers.NonceRegistry()
 
@@ -770,6 +781,31 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         if provider is None:
             raise ConfigError("no OpenID provider is configured")
         return await self.discovery(provider).metadata()
+
+    def pkce_for(self, provider: ProviderConfig, metadata) -> bool:
+        """Whether this provider's logins use PKCE (S256): oauthenticator's ``enable_pkce``, unless
+        the provider's discovery document lists its methods without S256."""
+        configured: bool = self.enable_pkce  # oauthenticator's trait
+        methods = metadata.raw.get("code_challenge_methods_supported")
+        pkce = self._pkce_from_discovery(methods, configured)
+        if configured and not pkce and provider.id not in self._pkce_warned:
+            self._pkce_warned.add(provider.id)
+            self.log.warning(
+                "Provider %s's discovery document lists code_challenge_methods_supported without "
+                "S256 (%s): its logins are sent without PKCE.",
+                provider.id,
+                methods,
+            )
+        return pkce
+
+    @staticmethod
+    def _pkce_from_discovery(methods, configured: bool) -> bool:
+        """PKCE S256 whenever the provider advertises it; off only when it lists its methods and
+        S256 is not among them. A provider that says nothing (AAF's document) gets oauthenticator's
+        setting, on by default: a server must ignore parameters it does not know (RFC 6749 3.1)."""
+        if isinstance(methods, list):
+            return "S256" in methods
+        return configured
 
     @cached_property
     def xnat(self) -> XnatClient:
@@ -874,6 +910,7 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
             params = super().build_access_tokens_request_params(handler, data)
             params.pop("data", None)
             return self._with_client(params, provider)
+
         # The password form posted to /hub/login. What it holds stays in this process: the
         # password reaches XNAT once, in get_token_info, and nothing else.
         if not self.password_login:
@@ -890,6 +927,12 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
                 else "unknown"
             ),
         }
+
+    async def _without_unused_verifier(self, provider: ProviderConfig, params: dict) -> dict:
+        """The token request without a PKCE verifier when the login sent no challenge."""
+        if "code_verifier" in params and not self.pkce_for(provider, await self.oidc_ready(provider)):
+            params = {k: v for k, v in params.items() if k != "code_verifier"}
+        return params
 
     def build_refresh_token_request_params(self, refresh_token):
         params = super().build_refresh_token_request_params(refresh_token)
@@ -924,6 +967,7 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
                 # Before the code is redeemed: a browser without its login nonce gets nothing.
                 raise IdTokenError("nonce", "no nonce in this browser's login state")
             metadata = await self.oidc_ready(provider)
+            params = await self._without_unused_verifier(provider, params)
             token_info = await self._token_request(provider, metadata.token_endpoint, params)
             id_claims = None
             if grant == "authorization_code" or token_info.get("id_token"):
@@ -1176,7 +1220,9 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         Concurrent requests of one user share one refresh: a provider that detects refresh
         token reuse would otherwise revoke the whole grant, and each extra refresh would mint
         an XNAT token nobody stores. A new XNAT token is stored before the old one is
-        invalidated, and never kept if the refreshed login is someone else.
+        invalidated, and never kept if the refreshed login is someone else. When the provider or
+        XNAT is down, the session is kept unchanged while its XNAT token is valid (True): a
+        refusal asks for a new login, an outage does not.
         """
         if not self.enable_auth_state:
             return True
@@ -1187,7 +1233,30 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
             self._refreshes[user.name] = flight
             flight.add_done_callback(functools.partial(self._refresh_done, user.name))
         result = await asyncio.shield(flight)
+        if result is False and compat.refresh_cannot_ask_for_login(self, handler, user):
+            self.log.warning(
+                "The login of %s needs renewing, which only they can do; keeping it for a request "
+                "made on their behalf",
+                user.name,
+            )
+            return True
         return dict(result) if isinstance(result, dict) else result
+
+    def _keep_through_outage(self, user, before: XnatAuthState | None, why: str):
+        """The provider or XNAT did not answer (the error is logged): not a reason to end the
+        session. It goes on, auth_state untouched, while its XNAT token is still valid; JupyterHub
+        tries again after ``auth_refresh_age``, and a spawn that needs a fresher token says why."""
+        if before is not None and before.token is not None and before.token.is_valid_for(0):
+            self.log.warning(
+                "Could not renew the login of %s (%s); keeping the session and its XNAT token, "
+                "valid for %.0f s more",
+                user.name,
+                why,
+                before.token.expires_in(),
+            )
+            return True
+        self.log.warning("Could not renew the login of %s (%s) and its XNAT token has expired", user.name, why)
+        return False
 
     def _refresh_done(self, name, flight):
         if self._refreshes.get(name) is flight:
@@ -1199,7 +1268,10 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         # came from here (this task's own context, so concurrent refreshes do not mix)
         identity = before.identity if before is not None else None
         _REFRESHING.set(self.provider(identity.provider) if identity is not None else None)
-        result = await super().refresh_user(user, handler, **kwargs)
+        with outages_noted() as outages:
+            result = await super().refresh_user(user, handler, **kwargs)
+        if result is False and outages:
+            return self._keep_through_outage(user, before, outages[-1])
         if not isinstance(result, dict):
             return result
         after = XnatAuthState.maybe_from_auth_state(result.get("auth_state"))
@@ -1234,11 +1306,28 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         record = XnatAuthState.maybe_from_auth_state(auth_state)
         if record is None or record.token is None:
             return
-        try:
-            await self.xnat.invalidate_token(record.token)
-            self.log.info("Invalidated the XNAT token of %s at logout", user.name)
-        except XnatOAuthError as e:
-            self.log.warning("Could not invalidate the XNAT token of %s at logout: %s", user.name, e)
+        if record.url != self.xnat.url:
+            # issued by another XNAT (xnat_url changed): never send it anywhere, just forget it
+            self.log.warning(
+                "Not invalidating the XNAT token of %s at logout: it is for %s, not %s (alias %s)",
+                user.name,
+                record.url,
+                self.xnat.url,
+                record.token.alias,
+            )
+        else:
+            try:
+                await self.xnat.invalidate_token(record.token)
+                self.log.info("Invalidated the XNAT token of %s at logout", user.name)
+            except XnatOAuthError as e:
+                # The hub forgets it all the same: the user asked to be logged out. XNAT ends the
+                # token at its expiry; the alias lets an admin end it sooner.
+                self.log.warning(
+                    "Could not invalidate the XNAT token of %s (alias %s) at logout: %s",
+                    user.name,
+                    record.token.alias,
+                    e,
+                )
         await user.save_auth_state(without_xnat_token(auth_state))
 
 

@@ -26,3 +26,22 @@ def allow_refresh_to_ask_for_login(handler: Any) -> None:
     """
     if handler is not None and not hasattr(handler, REFRESH_AUTH_ATTRIBUTE):
         setattr(handler, REFRESH_AUTH_ATTRIBUTE, False)
+
+
+def refresh_cannot_ask_for_login(authenticator: Any, handler: Any, user: Any) -> bool:
+    """Whether ``refresh_user`` answering False would refuse a request no login can fix.
+
+    JupyterHub before 6.1 (no ``Authenticator.auth_refresh_strict``) refuses a spawn with 403
+    "auth has expired ..., login again" whenever ``refresh_user`` answers False, also when
+    someone else asked for it: XNAT's plugin launching a server with its service token, an admin.
+    Nobody can log in for that user, and a server XNAT launches brings its own credentials.
+    JupyterHub 6.1 keeps the stale auth on such requests unless ``auth_refresh_strict``
+    (https://github.com/jupyterhub/jupyterhub/pull/5500); this gives JupyterHub 5 the same.
+    """
+    if handler is None or hasattr(authenticator, "auth_refresh_strict"):
+        return False
+    try:
+        requester = handler.current_user
+    except RuntimeError:  # JupyterHub 5 refreshes before it knows the requester: the user's own request
+        return False
+    return requester is not None and getattr(requester, "name", None) != getattr(user, "name", None)

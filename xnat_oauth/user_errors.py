@@ -3,12 +3,19 @@
 Each login path wraps its I/O in one of the context managers here: typed errors become
 ``web.HTTPError`` with a message for the user (never a 500, never a secret), and the admin's log
 gets the reason. Anything unexpected still propagates: it is a bug, not a refusal.
+
+A refresh runs the same code, but oauthenticator's ``refresh_user`` turns every error into
+"log in again". :func:`outages_noted` lets the refresh tell an outage (the provider or XNAT
+did not answer usefully: a 503 here) from a refusal, so a session is not ended because a peer
+was down for a moment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import json
 import logging
 import ssl
 from typing import Iterator
@@ -45,6 +52,28 @@ PROVIDER_UNAVAILABLE = (
 # DNS failures and TLS failures are OSErrors (ssl.SSLError is one), timeouts tornado's 599.
 _NETWORK_ERRORS = (OSError, asyncio.TimeoutError)
 
+# The outages turned into a 503 page inside the current outages_noted() block, if any.
+_OUTAGES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("xnat_oauth_outages", default=None)
+
+
+#: what the admin's log calls each outage a user is shown
+_OUTAGE_LABELS = {
+    PROVIDER_UNAVAILABLE: "the identity provider is unavailable",
+    XnatUnavailable.user_message: "XNAT is unavailable",
+}
+
+
+@contextlib.contextmanager
+def outages_noted() -> Iterator[list[str]]:
+    """A list that receives a short label of every 503 raised (through :func:`user_error`)
+    within the block, in this task: what a refresh needs to tell "down" from "refused"."""
+    seen: list[str] = []
+    token = _OUTAGES.set(seen)
+    try:
+        yield seen
+    finally:
+        _OUTAGES.reset(token)
+
 
 def user_error(status: int, message: str) -> web.HTTPError:
     """An error page for the user that tornado does not log again.
@@ -52,6 +81,10 @@ def user_error(status: int, message: str) -> web.HTTPError:
     tornado logs an HTTPError's message with the request URI, and on the OAuth callback the URI
     carries the authorization code. Every caller here has already logged what the admin needs.
     """
+    if status == 503:
+        seen = _OUTAGES.get()
+        if seen is not None:
+            seen.append(_OUTAGE_LABELS.get(message, "a peer is unavailable"))
     err = web.HTTPError(status)
     err.jupyterhub_message = message  # type: ignore[attr-defined]  # JupyterHub's error page shows it
     return err
@@ -108,6 +141,12 @@ def oidc_login_errors(log: logging.Logger | logging.LoggerAdapter, provider_id: 
             raise
         # oauthenticator's "Bad response: {token_info}" would echo the provider's answer
         log.error("OpenID provider's token response was unusable (HTTP %s from oauthenticator)", e.status_code)
+        raise user_error(503, PROVIDER_UNAVAILABLE) from None
+    except json.JSONDecodeError:
+        # oauthenticator parses the token and userinfo answers as JSON: an HTML error page or a
+        # cut-off body from the provider (or a proxy before it) is an outage, not a refusal.
+        # The document itself is not logged: a token response may hold tokens.
+        log.error("OpenID provider answered with something that is not JSON during login")
         raise user_error(503, PROVIDER_UNAVAILABLE) from None
     except _NETWORK_ERRORS as e:
         kind = "TLS" if isinstance(e, ssl.SSLError) else type(e).__name__

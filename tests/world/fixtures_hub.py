@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.world.browser import HubBrowser
-from tests.world.hub import HubProcess
+from tests.world.hub import HUB_LOGS, HubProcess, leaked_codes
 
 
 @contextmanager
@@ -61,6 +61,24 @@ def make_hub_fixture(
             yield hub
 
     return _hub
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_authorization_code_in_any_hub_log():
+    """After the whole session: no hub log any test wrote shows an OAuth authorization code,
+    neither as a ``code=`` URL parameter nor as any code a test provider issued."""
+    yield
+    # imported here: the provider module is a plugin of its own, registered after this one
+    from tests.world.rogue_idp import ISSUED_CODES
+
+    leaks = []
+    for path in HUB_LOGS:
+        if path.exists():
+            found = leaked_codes(path.read_text("utf-8", "replace"), ISSUED_CODES)
+            if found:
+                leaks.append(f"{path}: {found}")
+    if leaks:
+        pytest.fail("authorization codes in hub logs:\n" + "\n".join(leaks), pytrace=False)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 from urllib.parse import quote
 
 import httpx
@@ -55,6 +55,21 @@ _START_ATTEMPTS = 3
 # Hubs still running when the test process exits (Ctrl-C, a crashed fixture) are stopped
 # here, so no hub or proxy outlives the run.
 _LIVE_HUBS: set[HubProcess] = set()
+
+#: the log of every hub this process created, for the session's scan (see ``leaked_codes``)
+HUB_LOGS: list[Path] = []
+
+# an OAuth authorization code in a URL as a log line would show it; JupyterHub's own request
+# log writes "code=[secret]"
+_CODE_IN_URL = re.compile(r"[?&]code=(?!\[secret\])[^&\s\"'<>)]+")
+
+
+def leaked_codes(log: str, codes: Iterable[str] = ()) -> list[str]:
+    """Authorization codes ``log`` shows: any ``code=`` query parameter, and any of ``codes``
+    (the codes a provider issued) anywhere. Each is cut to a few characters, fit to print."""
+    found = {m.group(0) for m in _CODE_IN_URL.finditer(log)}
+    found |= {code for code in codes if code and code in log}
+    return sorted(f"{c[:10]}..." for c in found)
 
 
 @atexit.register
@@ -140,6 +155,7 @@ class HubProcess:
         self.api_token = secrets.token_hex(32)
         self.config_path = self.workdir / "jupyterhub_config.py"
         self.log_path = self.workdir / "hub.log"
+        HUB_LOGS.append(self.log_path)
         self.proxy_pid_path = self.workdir / "jupyterhub-proxy.pid"
         self.hub_port = 0
         self.proxy_api_port = 0

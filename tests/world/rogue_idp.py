@@ -6,7 +6,19 @@ discovery, JWKS, authorize, token and userinfo endpoints. It behaves like a prov
 ``idp.mode`` to one of :class:`TokenMode`, or ``idp.id_token_hook`` to build the ID token itself.
 
 Counters (``idp.counts["discovery" | "jwks" | "authorize" | "token" | "userinfo"]``) let tests and
-benchmarks assert, e.g., "no discovery or JWKS fetch per login after the first".
+benchmarks assert, e.g., "no discovery or JWKS fetch per login after the first"; ``idp.requests``
+keeps the parameters the relying party sent to authorize and token (PKCE's challenge and
+verifier), and every authorization code it issued is kept (also in :data:`ISSUED_CODES`, for the
+session's log scan).
+
+Faults (``idp.faults[endpoint]``): an HTTP status, ``"garbage"`` (200 with an HTML page) or
+``"hang"`` (never answers: the request is held until the faults are reset, then the connection
+is closed). With ``doors``, the named endpoints are served on ports of their own, as a provider
+whose token or key endpoints live on other hosts (Google's do): the discovery document names
+those ports, faults on such an endpoint apply to its door only (XNAT, fetching the keys from
+the main port, is not disturbed), and a door can be shut (connection refused) and opened again,
+over https with a certificate the client trusts or one it does not (``tls_doors``, see
+:mod:`tests.world.tls`).
 
 Usage::
 
@@ -43,6 +55,24 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 
 LOOPBACK = "127.0.0.1"
 _START_TIMEOUT = 10.0
+#: how long a "hang" fault holds a request at most (faults are reset long before)
+_HANG_LIMIT = 60.0
+#: endpoints that may have a door of their own
+DOOR_ENDPOINTS = ("jwks", "token", "userinfo")
+
+#: every authorization code any RogueIdP issued in this process, for the session's log scan
+ISSUED_CODES: set[str] = set()
+
+
+@dataclass
+class _Listener:
+    """One port of the provider: the main one, or an endpoint's door."""
+
+    name: str
+    port: int
+    tls: Any = None  # the TestCA of a https door
+    cert: str = "trusted"
+    server: tornado.httpserver.HTTPServer | None = None
 
 
 class TokenMode(str, enum.Enum):
@@ -113,7 +143,18 @@ class RogueIdP:
         client_secret: str | None = None,
         redirect_uris: tuple[str, ...] = (),
         signing_alg: str = "RS256",
+        doors: tuple[str, ...] = (),
+        tls_doors: tuple[str, ...] = (),
+        ca: Any = None,
     ):
+        unknown = set(doors) - set(DOOR_ENDPOINTS)
+        if unknown or not set(tls_doors) <= set(doors) or (tls_doors and ca is None):
+            raise ValueError(f"doors among {DOOR_ENDPOINTS}; tls_doors among them, with a ca")
+        self._door_names = tuple(doors)
+        self._tls_doors = tuple(tls_doors)
+        self._ca = ca
+        self._listeners: dict[str, _Listener] = {}
+        self._hang_release: asyncio.Event | None = None
         self.client_id = client_id
         self.client_secret = client_secret or secrets.token_urlsafe(24)
         #: registered redirect URIs; empty means any http URL on 127.0.0.1 (test convenience)
@@ -132,6 +173,11 @@ class RogueIdP:
         self._access_tokens: dict[str, _Session] = {}
         self._refresh_tokens: dict[str, _Session] = {}
         self._lock = threading.Lock()
+        # notified on every request's arrival (see wait_for)
+        self._arrived = threading.Condition()
+        #: every token response sent (access, refresh and ID tokens), in order, for the
+        #: provider's whole life (reset() keeps it: log scans look for all of them)
+        self.issued: list[dict[str, Any]] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.port: int | None = None
@@ -161,9 +207,11 @@ class RogueIdP:
         self.id_token_hook: Callable[[dict, dict], str] | None = None
         #: if set, userinfo answers with this sub instead of the account's
         self.userinfo_sub_override: str | None = None
-        #: keys merged into the discovery document (e.g. {"issuer": "https://elsewhere.example"})
+        #: keys merged into the discovery document (e.g. {"issuer": "https://elsewhere.example"});
+        #: a key given as None is left out
         self.discovery_overrides: dict[str, Any] = {}
-        #: endpoint name -> HTTP status (int) or "garbage" (200 with HTML) to answer instead
+        #: endpoint name -> HTTP status (int), "garbage" (200 with HTML) or "hang" (no answer
+        #: until reset) instead of the endpoint's answer
         self.faults: dict[str, int | str] = {}
         #: put the account's profile claims in the ID token too (else only in userinfo)
         self.profile_in_id_token = True
@@ -176,13 +224,29 @@ class RogueIdP:
         self.counts: collections.Counter[str] = collections.Counter()
         #: nonces received by authorize, in order
         self.nonces: list[str | None] = []
+        #: parameters received, per endpoint ("authorize": the query; "token": the form, without
+        #: the client secret), in order
+        self.requests: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
+        #: authorization codes issued, in order
+        self.codes_issued: list[str] = []
+        self.release_hung()
+        # every port listening again, with the certificate its clients trust
+        for name, listener in self._listeners.items():
+            if self._loop is not None and (listener.server is None or listener.cert != "trusted"):
+                self.open(name)
 
     # -- life ---------------------------------------------------------------------------------
 
     def start(self) -> "RogueIdP":
-        """Listen on 127.0.0.1 (a free port) and return once requests are being served."""
-        sockets = tornado.netutil.bind_sockets(0, LOOPBACK)
-        self.port = sockets[0].getsockname()[1]
+        """Listen on 127.0.0.1 (a free port, and one per door) and return once requests are served."""
+        sockets = {"main": tornado.netutil.bind_sockets(0, LOOPBACK)}
+        for name in self._door_names:
+            sockets[name] = tornado.netutil.bind_sockets(0, LOOPBACK)
+        for name, socks in sockets.items():
+            self._listeners[name] = _Listener(
+                name, socks[0].getsockname()[1], tls=self._ca if name in self._tls_doors else None
+            )
+        self.port = self._listeners["main"].port
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -190,15 +254,13 @@ class RogueIdP:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
             self._loop = loop
-            server: tornado.httpserver.HTTPServer | None = None
 
-            async def setup() -> tornado.httpserver.HTTPServer:
-                srv = tornado.httpserver.HTTPServer(self._application())
-                srv.add_sockets(sockets)
-                return srv
+            async def setup() -> None:
+                for name, socks in sockets.items():
+                    self._serve(self._listeners[name], socks)
 
             try:
-                server = loop.run_until_complete(setup())
+                loop.run_until_complete(setup())
             except BaseException as err:  # surfaced by start()
                 failure.append(err)
                 ready.set()
@@ -207,8 +269,11 @@ class RogueIdP:
             try:
                 loop.run_forever()
             finally:
-                server.stop()
-                loop.run_until_complete(server.close_all_connections())
+                for listener in self._listeners.values():
+                    if listener.server is not None:
+                        listener.server.stop()
+                        loop.run_until_complete(listener.server.close_all_connections())
+                        listener.server = None
                 loop.close()
 
         self._thread = threading.Thread(target=run, name=f"rogue-idp-{self.port}", daemon=True)
@@ -227,6 +292,78 @@ class RogueIdP:
 
     def __enter__(self) -> "RogueIdP":
         return self.start()
+
+    # -- ports: the main one and the doors ------------------------------------------------------
+
+    def _serve(self, listener: _Listener, sockets) -> None:
+        ssl_options = listener.tls.server_context(listener.cert) if listener.tls is not None else None
+        server = tornado.httpserver.HTTPServer(self._application(listener.name), ssl_options=ssl_options)
+        server.add_sockets(sockets)
+        listener.server = server
+
+    def _on_loop(self, coro) -> None:
+        if self._loop is None:
+            coro.close()
+            raise RuntimeError("the rogue IdP is not started")
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(_START_TIMEOUT)
+
+    def shut(self, name: str = "main") -> None:
+        """Stop listening on ``name``'s port ("main" or a door): connection refused from now on."""
+        listener = self._listeners[name]
+
+        async def down() -> None:
+            if listener.server is not None:
+                server, listener.server = listener.server, None
+                server.stop()
+                await server.close_all_connections()
+
+        self._on_loop(down())
+
+    def open(self, name: str = "main", *, cert: str = "trusted") -> None:
+        """Listen on ``name``'s port again; a https door with ``cert`` "trusted" or "untrusted"."""
+        listener = self._listeners[name]
+
+        async def up() -> None:
+            if listener.server is not None:
+                server, listener.server = listener.server, None
+                server.stop()
+                await server.close_all_connections()
+            listener.cert = cert
+            self._serve(listener, tornado.netutil.bind_sockets(listener.port, LOOPBACK))
+
+        self._on_loop(up())
+
+    def door_url(self, name: str) -> str:
+        """The base URL the discovery document gives endpoint ``name`` (its door, or the main port)."""
+        listener = self._listeners.get(name) if name in self._door_names else None
+        if listener is None:
+            return self.issuer
+        scheme = "https" if listener.tls is not None else "http"
+        return f"{scheme}://{LOOPBACK}:{listener.port}"
+
+    def fault_applies(self, endpoint: str, door: str) -> bool:
+        """Faults of an endpoint with a door hit that door only; others hit the main port."""
+        return door == (endpoint if endpoint in self._door_names else "main")
+
+    def release_hung(self) -> None:
+        """End every request a "hang" fault holds (the connection is closed without an answer)."""
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(self._release_on_loop)
+
+    def _release_on_loop(self) -> None:
+        if self._hang_release is not None:
+            self._hang_release.set()
+            self._hang_release = None
+
+    async def hang(self) -> None:
+        """Wait (on the provider's loop) until hung requests are released, bounded."""
+        if self._hang_release is None:
+            self._hang_release = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._hang_release.wait(), _HANG_LIMIT)
+        except asyncio.TimeoutError:
+            pass
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -251,6 +388,12 @@ class RogueIdP:
 
     def reset_counts(self) -> None:
         self.counts.clear()
+
+    def wait_for(self, endpoint: str, count: int, timeout: float = 30.0) -> bool:
+        """Block until ``endpoint`` has received ``count`` requests in all (``counts``), at most
+        ``timeout`` seconds; whether it did. Runs in the caller's thread, never on the provider's."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: self.counts[endpoint] >= count, timeout)
 
     def published_kids(self) -> list[str]:
         return [k.kid for k in self._published]
@@ -304,9 +447,9 @@ class RogueIdP:
         doc = {
             "issuer": self.issuer,
             "authorization_endpoint": self.url("/authorize"),
-            "token_endpoint": self.url("/token"),
-            "userinfo_endpoint": self.url("/userinfo"),
-            "jwks_uri": self.url("/jwks"),
+            "token_endpoint": self.door_url("token") + "/token",
+            "userinfo_endpoint": self.door_url("userinfo") + "/userinfo",
+            "jwks_uri": self.door_url("jwks") + "/jwks",
             "response_types_supported": ["code"],
             "grant_types_supported": ["authorization_code", "refresh_token"],
             "subject_types_supported": ["public"],
@@ -317,7 +460,7 @@ class RogueIdP:
             "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce", "name", "email"],
         }
         doc.update(self.discovery_overrides)
-        return doc
+        return {k: v for k, v in doc.items() if v is not None}
 
     # -- tokens -------------------------------------------------------------------------------
 
@@ -445,8 +588,8 @@ class RogueIdP:
 
     # -- HTTP ---------------------------------------------------------------------------------
 
-    def _application(self) -> tornado.web.Application:
-        args = {"idp": self}
+    def _application(self, door: str = "main") -> tornado.web.Application:
+        args = {"idp": self, "door": door}
         return tornado.web.Application(
             [
                 (r"/\.well-known/openid-configuration", _Discovery, args),
@@ -463,6 +606,13 @@ class RogueIdP:
             return uri in self.redirect_uris
         parts = urlsplit(uri)
         return parts.scheme == "http" and parts.hostname == LOOPBACK
+
+    def _new_code(self) -> str:
+        code = secrets.token_urlsafe(24)
+        with self._lock:
+            self.codes_issued.append(code)
+            ISSUED_CODES.add(code)
+        return code
 
     def _authorize(self, params: dict[str, str]) -> _Grant:
         with self._lock:
@@ -497,18 +647,26 @@ class RogueIdP:
             refresh_token = secrets.token_urlsafe(32)
             self._refresh_tokens[refresh_token] = session
             response["refresh_token"] = refresh_token
+        self.issued.append(response)
         return response
 
 
 class _Base(tornado.web.RequestHandler):
     endpoint = ""
 
-    def initialize(self, idp: RogueIdP) -> None:
+    def initialize(self, idp: RogueIdP, door: str = "main") -> None:
         self.idp = idp
+        self.door = door
 
-    def prepare(self) -> None:
-        self.idp.counts[self.endpoint] += 1
-        fault = self.idp.faults.get(self.endpoint)
+    async def prepare(self) -> None:
+        with self.idp._arrived:
+            self.idp.counts[self.endpoint] += 1
+            self.idp._arrived.notify_all()
+        fault = self.idp.faults.get(self.endpoint) if self.idp.fault_applies(self.endpoint, self.door) else None
+        if fault == "hang":
+            await self.idp.hang()
+            self.request.connection.stream.close()
+            raise tornado.web.Finish()
         if fault == "garbage":
             self.set_header("Content-Type", "text/html")
             self.finish("<html><body>Service temporarily unavailable</body></html>")
@@ -545,6 +703,7 @@ class _Authorize(_Base):
 
     def get(self) -> None:
         params = {k: self.get_argument(k) for k in self.request.arguments}
+        self.idp.requests["authorize"].append(dict(params))
         if params.get("client_id") != self.idp.client_id:
             return self.oauth_error("invalid_client")  # never redirect for an unknown client
         redirect_uri = params.get("redirect_uri", "")
@@ -558,7 +717,7 @@ class _Authorize(_Base):
         elif "code_challenge" in params and params.get("code_challenge_method") != "S256":
             back["error"] = "invalid_request"
         else:
-            code = secrets.token_urlsafe(24)
+            code = self.idp._new_code()
             self.idp._codes[code] = self.idp._authorize(params)
             back["code"] = code
         sep = "&" if "?" in redirect_uri else "?"
@@ -581,6 +740,8 @@ class _Token(_Base):
 
     def post(self) -> None:
         idp = self.idp
+        sent = {k: self.get_body_argument(k) for k in self.request.body_arguments if k != "client_secret"}
+        idp.requests["token"].append(sent)
         client_id, secret = self._client_credentials()
         if client_id != idp.client_id or not secret or not hmac.compare_digest(
             secret.encode(), idp.client_secret.encode()

@@ -43,6 +43,7 @@ import re
 import secrets
 import shutil
 import signal
+import ssl
 import string
 import sys
 import threading
@@ -88,7 +89,7 @@ ENDPOINTS = (
     "schemas",
     "search_elements",
 )
-FAULT_KINDS = ("drop", "slow", "error", "html", "garbage")
+FAULT_KINDS = ("drop", "slow", "hang", "error", "html", "garbage")
 AUTH_KINDS = ("basic-password", "basic-token", "session", "bearer", "none")
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
@@ -236,8 +237,11 @@ class XnatEmulator:
         clock: Callable[[], float] = time.time,
         concurrent_max_sessions: int = 1000,
         session_timeout: float = 900.0,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         self.root = Path(root)
+        #: serve https with this server context (XNAT behind Tomcat's or nginx's TLS), else http
+        self.ssl_context = ssl_context
         self.archive_root = self.root / "archive"
         self.workspace_root = self.root / "workspaces"
         self.port = int(port)
@@ -266,6 +270,8 @@ class XnatEmulator:
         self._options: dict[tuple[str, str], dict] = {}
         self._options_raw: set[tuple[str, str]] = set()
         self._faults: list[_Fault] = []
+        # set (and replaced) whenever faults are cleared: hung requests end then (see fault())
+        self._hang_release: asyncio.Event | None = None
         self._openid: dict[str, OpenIdProvider] = {}
         self._auth_map: dict[tuple[str, str], _AuthMapping] = {}
         #: SiteConfigPreferences.emailVerification (default true): the Bearer path refuses an
@@ -276,6 +282,10 @@ class XnatEmulator:
         self._next_user_id = 1
         self._next_token_id = 1
         self.calls: list[Call] = []
+        #: requests received per endpoint since the last reset, counted on arrival (before any
+        #: fault), so a test can wait for a request that will never be answered (see wait_for)
+        self.arrivals: collections.Counter[str] = collections.Counter()
+        self._arrived = threading.Condition(self._lock)
         # every request's path and query as sent, secrets and all (see seen_uris); cleared by reset
         self._uris: collections.deque[str] = collections.deque(maxlen=100_000)
         # bounded: the demo and the benchmarks run an emulator for long
@@ -301,7 +311,8 @@ class XnatEmulator:
     def url(self) -> str:
         if not self.port:
             raise RuntimeError("XnatEmulator.url is known once start() has returned")
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def site_url(self) -> str:
@@ -348,6 +359,15 @@ class XnatEmulator:
         """Listen again on the same port."""
         self._on_loop(self._listen(), timeout=10)
 
+    def use_ssl_context(self, ctx: ssl.SSLContext):
+        """Serve https with another certificate from now on, on the same port (a replaced or
+        expired certificate); open connections are cut, as a server restart would."""
+        if self.ssl_context is None:
+            raise RuntimeError("this emulator serves plain http")
+        self.go_down()
+        self.ssl_context = ctx
+        self.come_up()
+
     def _run(self):
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
@@ -376,7 +396,7 @@ class XnatEmulator:
         socks = bind_sockets(self.port, address="127.0.0.1")
         self.port = socks[0].getsockname()[1]
         # a fresh server each time: a stopped tornado server cannot be stopped again
-        self._server = HTTPServer(make_app(self), idle_connection_timeout=60)
+        self._server = HTTPServer(make_app(self), idle_connection_timeout=60, ssl_options=self.ssl_context)
         self._server.add_sockets(socks)
         self._up = True
 
@@ -986,9 +1006,11 @@ class XnatEmulator:
         """Make ``endpoint`` ("*" = all) misbehave, for ``times`` requests or until cleared.
 
         drop: close without answering; slow: wait ``delay`` s then answer normally (other
-        requests are served meanwhile); error: answer ``status``; html: 200 XNAT login page;
-        garbage: 200 application/json with a malformed body. Faults apply before auth; when
-        several match a request, the newest one applies.
+        requests are served meanwhile); hang: a peer that never answers: hold the request until
+        the faults are cleared (or ``delay`` s pass), then close without answering, so nothing
+        it asked for (a token issue) ever happens; error: answer ``status``; html: 200 XNAT
+        login page; garbage: 200 application/json with a malformed body. Faults apply before
+        auth; when several match a request, the newest one applies.
         """
         if endpoint != "*" and endpoint not in ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r}; one of {ENDPOINTS} or '*'")
@@ -1000,6 +1022,26 @@ class XnatEmulator:
     def clear_faults(self):
         with self._lock:
             self._faults.clear()
+        self._release_hung()
+
+    def _release_hung(self):
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(self._set_hang_release)
+
+    def _set_hang_release(self):
+        if self._hang_release is not None:
+            self._hang_release.set()
+            self._hang_release = None
+
+    async def _hang(self, limit: float):
+        """Wait (on the emulator's loop) until faults are cleared, at most ``limit`` seconds."""
+        if self._hang_release is None:
+            self._hang_release = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._hang_release.wait(), limit)
+        except asyncio.TimeoutError:
+            pass
 
     def _take_fault(self, endpoint: str) -> _Fault | None:
         with self._lock:
@@ -1020,6 +1062,7 @@ class XnatEmulator:
         unless ``data=True``, which also drops all of those and empties the archive and
         workspace directories: a fresh XNAT on the same port.
         """
+        self._release_hung()
         with self._lock:
             self._faults.clear()
             self._lockouts.clear()
@@ -1028,6 +1071,7 @@ class XnatEmulator:
             self._sessions.clear()
             self.sessions_opened = {}
             self.calls = []
+            self.arrivals = collections.Counter()
             self.bearer_refusals = []
             self._uris.clear()
             self._generation += 1
@@ -1083,6 +1127,18 @@ class XnatEmulator:
             st = self._lockouts.get(u.username if u else username)
             self._expire_lock(st)
             return bool(st and st.locked_until is not None)
+
+    def _arrive(self, endpoint: str, generation: int):
+        with self._arrived:
+            if generation == self._generation:
+                self.arrivals[endpoint] += 1
+                self._arrived.notify_all()
+
+    def wait_for(self, endpoint: str, count: int, timeout: float = 30.0) -> bool:
+        """Block until ``endpoint`` has received ``count`` requests since the last reset (the
+        request that makes it may still be unanswered), at most ``timeout`` seconds; whether it did."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: self.arrivals[endpoint] >= count, timeout)
 
     def seen_uris(self) -> list[str]:
         """Every request path (with its query) received since the last reset, unredacted.

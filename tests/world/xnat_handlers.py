@@ -117,10 +117,17 @@ class XnatHandler(web.RequestHandler):
     # -- faults ------------------------------------------------------------------------------
 
     async def prepare(self):
+        self.emu._arrive(self.endpoint, self._generation)
         f = self.emu._take_fault(self.endpoint)
         if f is not None:
             if f.kind == "slow":
                 await asyncio.sleep(f.delay)
+            elif f.kind == "hang":
+                await self.emu._hang(f.delay)
+                self.dropped = True
+                self._record(0)
+                self.request.connection.stream.close()
+                raise web.Finish()
             elif f.kind == "drop":
                 self.dropped = True
                 self._record(0)

@@ -1,4 +1,5 @@
-"""The OpenID pieces oauthenticator's handlers lack: a ``nonce`` per login, and discovery first.
+"""The OpenID pieces oauthenticator's handlers lack: a ``nonce`` per login, discovery first, and
+a callback that never logs its authorization code.
 
 oauthenticator sends ``state`` and PKCE but no ``nonce`` (OIDC Core 3.1.2.1), so an ID token
 stolen from one login could be replayed into another. Each login here gets a fresh random nonce,
@@ -8,8 +9,14 @@ together with the provider the login started with. The callback (:func:`pop_logi
 both back: the answer is accepted only at that provider's callback path, and its ID token must
 carry the nonce; a :class:`NonceRegistry` refuses a second use within the hub process.
 
-Only public names are used: oauthenticator's ``OAuthLoginHandler`` (its documented
-``login_handler`` extension point), tornado's ``authorize_redirect`` and secure cookies.
+The callback's URL carries the authorization code. JupyterHub's request log scrubs it, but
+tornado's own error line (``RequestHandler.log_exception``) names the whole URI, for every error
+oauthenticator raises there ("OAuth state missing from cookies", a state mismatch) and with the
+request's repr for an unexpected one: :class:`XnatOAuthCallbackHandler` logs the path only.
+
+Only public names are used: oauthenticator's ``OAuthLoginHandler`` and ``OAuthCallbackHandler``
+(its documented ``login_handler`` and ``callback_handler`` extension points), tornado's
+``authorize_redirect``, ``log_exception`` and secure cookies.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from collections import OrderedDict
 from inspect import isawaitable
 
 from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthLoginHandler
+from tornado import web
 from tornado.httputil import url_concat
 
 from ..errors import XnatOAuthError
@@ -59,6 +67,7 @@ class XnatOAuthLoginHandler(OAuthLoginHandler):
             raise user_error(e.status_code, e.user_message) from None
         self.xnat_provider = provider
         self.xnat_authorization_endpoint = metadata.authorization_endpoint
+        self.xnat_pkce = auth.pkce_for(provider, metadata)
         self.xnat_nonce = secrets.token_urlsafe(32)
         self.set_secure_cookie(
             LOGIN_COOKIE,
@@ -80,6 +89,9 @@ class XnatOAuthLoginHandler(OAuthLoginHandler):
         if provider.scope:
             args["scope"] = " ".join(provider.scope)
         args.update(extra_params or {})  # state, the PKCE challenge, the admin's extra params
+        if not self.xnat_pkce:  # a provider that lists its PKCE methods without S256
+            args.pop("code_challenge", None)
+            args.pop("code_challenge_method", None)
         args.update(provider.extra_authorize_params)
         args["nonce"] = self.xnat_nonce
         self.redirect(url_concat(self.xnat_authorization_endpoint, args))
@@ -116,6 +128,20 @@ class XnatOAuthCallbackHandler(OAuthCallbackHandler):
         self.xnat_provider = provider
         self.xnat_nonce = nonce
         await super().get()
+
+
+    def log_exception(self, typ, value, tb):
+        # tornado's version logs self.request.uri (and, for an unexpected error, the request's
+        # repr): here both carry the authorization code and state. The path is enough.
+        where = f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
+        if isinstance(value, web.HTTPError):
+            message = value.log_message
+            if message and value.args:
+                message = message % value.args
+            if message:
+                self.log.warning("%d %s: %s", value.status_code, where, message)
+            return
+        self.log.error("Uncaught exception %s", where, exc_info=(typ, value, tb))
 
 
 def pop_login_cookie(handler) -> tuple[str, str] | None:
