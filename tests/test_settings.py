@@ -539,22 +539,22 @@ def test_tls_verification_off_is_a_loud_warning_at_start_up(xnat, idp, caplog):
     "advertised, configured, pkce",
     [
         (["S256"], True, True),
-        (["plain", "S256"], False, True),  # advertised: used even where the config turned it off
+        (["plain", "S256"], False, False),  # the admin's explicit enable_pkce = False is kept
         (None, True, True),  # the document says nothing (AAF's): oauthenticator's default, on
         (None, False, False),
         (["plain"], True, False),  # methods listed, S256 not among them: off, with a warning
     ],
-    ids=["s256", "s256-over-config", "absent", "absent-config-off", "plain-only"],
+    ids=["s256", "config-off", "absent", "absent-config-off", "plain-only"],
 )
 async def test_pkce_follows_what_the_provider_advertises(xnat, idp, caplog, advertised, configured, pkce):
     idp.discovery_overrides = {"code_challenge_methods_supported": advertised}
     auth = make_authenticator(xnat, oidc=idp, enable_pkce=configured)
-    await auth.oidc_ready()
-    assert auth.enable_pkce is pkce
-    assert ("without S256" in caplog.text) is (advertised == ["plain"])
+    provider = auth.provider(None)
+    assert auth.pkce_for(provider, await auth.oidc_ready(provider)) is pkce
+    assert ("without S256" in caplog.text) is (advertised == ["plain"] and configured)
     if pkce:  # and a login then goes through with it
         add_openid_user(xnat, idp)
-        model = await auth.get_authenticated_user(await callback_from_provider(idp), None)
+        model = await openid_login(auth, idp)
         assert model is not None and idp.requests["token"][-1]["code_verifier"]
 
 

@@ -800,12 +800,15 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
 
     @staticmethod
     def _pkce_from_discovery(methods, configured: bool) -> bool:
-        """PKCE S256 whenever the provider advertises it; off only when it lists its methods and
-        S256 is not among them. A provider that says nothing (AAF's document) gets oauthenticator's
-        setting, on by default: a server must ignore parameters it does not know (RFC 6749 3.1)."""
+        """PKCE S256 unless the admin turned it off (``enable_pkce``, oauthenticator's setting, on
+        by default) or the provider lists its methods without S256. A provider that says
+        nothing (AAF's document) gets it: a server must ignore parameters it does not know
+        (RFC 6749 3.1)."""
+        if not configured:
+            return False
         if isinstance(methods, list):
             return "S256" in methods
-        return configured
+        return True
 
     @cached_property
     def xnat(self) -> XnatClient:
@@ -1267,7 +1270,11 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         # oauthenticator's refresh grant hooks receive no user: they find the provider the login
         # came from here (this task's own context, so concurrent refreshes do not mix)
         identity = before.identity if before is not None else None
-        _REFRESHING.set(self.provider(identity.provider) if identity is not None else None)
+        if identity is not None:
+            provider = self.provider(identity.provider)
+        else:  # a record from a version that kept no identity: the hub's one provider, if one
+            provider = self.providers[0] if len(self.providers) == 1 else None
+        _REFRESHING.set(provider)
         with outages_noted() as outages:
             result = await super().refresh_user(user, handler, **kwargs)
         if result is False and outages:

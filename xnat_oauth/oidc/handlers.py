@@ -56,8 +56,12 @@ class XnatOAuthLoginHandler(OAuthLoginHandler):
 
     async def get(self, provider_id: str | None = None):
         auth = self.authenticator
-        provider = auth.provider(provider_id) if auth.oidc_enabled else None
+        if not auth.oidc_enabled:
+            self.log.warning("OpenID login is not configured on this hub (a request for %s)", self.request.path)
+            raise user_error(404, "OpenID login is not configured on this hub.")
+        provider = auth.provider(provider_id)
         if provider is None:
+            self.log.warning("No OpenID provider %r on this hub", provider_id)
             raise user_error(404, "This hub has no such login.")
         try:
             # Endpoints come from the provider's discovery document, fetched once and cached.
