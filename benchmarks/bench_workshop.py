@@ -42,6 +42,8 @@ import json
 import multiprocessing
 import os
 import secrets
+import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -53,7 +55,7 @@ from urllib.parse import quote
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.bench_login import Client, child_pid, cpu_seconds, machine_info
+from benchmarks.bench_login import Client, child_pid, cpu_seconds, machine_info, profile_shares
 from tests.world.browser import SHARED_SSL_CONTEXT, HubBrowser
 from tests.world.hub import HubProcess, free_port
 from tests.world.idp_login import IdpLoginError, login_via_idp
@@ -71,6 +73,7 @@ SHARED_PROJECT = "WORKSHOP"
 WARMUP_USERS = 2  # per login kind, untimed: discovery, JWKS, imports, first spawn
 LOGIN_TIMEOUT = 60.0
 SPAWN_TIMEOUT = 180.0
+START_GRACE = 30.0  # a spawn asked for must have begun by then
 PHASE_TIMEOUT = 900.0  # seconds; no phase of a sane run comes near it
 
 
@@ -194,7 +197,7 @@ def set_up_xnat(xnat: RemoteXnat, people: list[Person], service_password: str) -
 # -- hub configuration -----------------------------------------------------------------------------
 
 
-def spawner_lines(workdir: Path, hook: bool, paths: dict, xnat_url: str) -> list[str]:
+def spawner_lines(workdir: Path, hook: bool, paths: dict, xnat_url: str, profile: bool = False) -> list[str]:
     lines = [
         'c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"',
         f"c.SimpleLocalProcessSpawner.home_dir_template = {str(workdir / 'home' / '{username}')!r}",
@@ -210,6 +213,13 @@ def spawner_lines(workdir: Path, hook: bool, paths: dict, xnat_url: str) -> list
         'c.JupyterHub.load_roles.append({"name": "metrics-reader", "scopes": ["read:metrics"], '
         '"services": ["test-admin"]})',
     ]
+    if profile:
+        lines += [
+            "import sys",
+            f"sys.path.insert(0, {str(REPO_ROOT)!r})",
+            "from benchmarks import hub_instrument",
+            f"hub_instrument.profile_on_signal({str(workdir / 'hub.prof')!r})",
+        ]
     if hook:
         settings = {
             "xnat_url": xnat_url,
@@ -224,7 +234,8 @@ def spawner_lines(workdir: Path, hook: bool, paths: dict, xnat_url: str) -> list
     return lines
 
 
-def generic_config(workdir: Path, *, endpoints: dict, client: Client, paths: dict, xnat_url: str) -> str:
+def generic_config(workdir: Path, *, endpoints: dict, client: Client, paths: dict, xnat_url: str,
+                   profile: bool = False) -> str:
     settings = {
         "client_id": client.id,
         "client_secret": client.secret,
@@ -239,11 +250,12 @@ def generic_config(workdir: Path, *, endpoints: dict, client: Client, paths: dic
     }
     lines = ['c.JupyterHub.authenticator_class = "generic-oauth"']
     lines += [f"c.GenericOAuthenticator.{k} = {v!r}" for k, v in settings.items()]
-    lines += spawner_lines(workdir, False, paths, xnat_url)
+    lines += spawner_lines(workdir, False, paths, xnat_url, profile)
     return "\n".join(lines) + "\n"
 
 
-def xnat_config(workdir: Path, *, issuer: str, client: Client, paths: dict, xnat_url: str) -> str:
+def xnat_config(workdir: Path, *, issuer: str, client: Client, paths: dict, xnat_url: str,
+                profile: bool = False) -> str:
     settings = {
         "xnat_url": xnat_url,
         "oidc_provider": "aaf",
@@ -256,7 +268,7 @@ def xnat_config(workdir: Path, *, issuer: str, client: Client, paths: dict, xnat
     }
     lines = ['c.JupyterHub.authenticator_class = "xnat-oauth"']
     lines += [f"c.XnatOAuthenticator.{k} = {v!r}" for k, v in settings.items()]
-    lines += spawner_lines(workdir, True, paths, xnat_url)
+    lines += spawner_lines(workdir, True, paths, xnat_url, profile)
     return "\n".join(lines) + "\n"
 
 
@@ -279,7 +291,8 @@ async def log_in(hub: HubProcess, p: Person, variant: str) -> tuple[bool, float]
     return ok, time.perf_counter() - t0
 
 
-async def wait_ready(client: httpx.AsyncClient, hub: HubProcess, name: str, why: list[str]) -> bool:
+async def wait_ready(client: httpx.AsyncClient, hub: HubProcess, name: str, why: list[str],
+                     notes: collections.Counter) -> bool:
     """Follow the spawn's progress events (the hub's own stream, no polling) until it ends;
     a failure's message goes to ``why``."""
     async with client.stream(
@@ -289,8 +302,10 @@ async def wait_ready(client: httpx.AsyncClient, hub: HubProcess, name: str, why:
         timeout=SPAWN_TIMEOUT,
     ) as stream:
         if stream.status_code == 400:
-            # JupyterHub's progress API answers 400 in the moment between the spawn's end and
-            # the proxy's route ("not starting", yet not ready): ask the user model instead
+            # "not starting": /hub/spawn answers after 1 s whatever happened, and the spawn is
+            # not pending until the auth refresh before it (refresh_pre_spawn) is done. A
+            # browser shows "Server not running" then; the spawn goes on.
+            notes["progress_before_spawn_began"] += 1
             return await wait_ready_model(client, hub, name, why)
         if stream.status_code != 200:
             why.append(f"progress: HTTP {stream.status_code}")
@@ -308,24 +323,32 @@ async def wait_ready(client: httpx.AsyncClient, hub: HubProcess, name: str, why:
 
 
 async def wait_ready_model(client: httpx.AsyncClient, hub: HubProcess, name: str, why: list[str]) -> bool:
-    """Ready, or no longer pending (failed), as the user model says; bounded by SPAWN_TIMEOUT."""
-    deadline = time.monotonic() + SPAWN_TIMEOUT
-    while time.monotonic() < deadline:
+    """Ready, as the user model says, for a spawn that may not have begun yet: it must begin
+    within START_GRACE and end ready within SPAWN_TIMEOUT (JupyterHub's progress stream cannot
+    follow a spawn that has not begun)."""
+    t0 = time.monotonic()
+    began = False
+    while time.monotonic() < t0 + SPAWN_TIMEOUT:
         resp = await client.get(f"{hub.hub_url}/api/users/{quote(name, safe='')}",
                                 headers={"Authorization": f"token {hub.api_token}"})
         server = (resp.json().get("servers") or {}).get("", {}) if resp.status_code == 200 else {}
         if server.get("ready"):
             return True
-        if not server.get("pending"):
-            why.append(f"not ready and not pending (HTTP {resp.status_code})")
+        if server.get("pending"):
+            began = True
+        elif began:
+            why.append("the spawn ended without a ready server")
             return False
-        await asyncio.sleep(0.05)  # the proxy route is being added: a few ms
+        elif time.monotonic() > t0 + START_GRACE:
+            why.append(f"the spawn did not begin within {START_GRACE:g} s")
+            return False
+        await asyncio.sleep(0.05)  # a bounded poll: no event tells when a spawn begins
     why.append("not ready in time")
     return False
 
 
 async def start_server(
-    hub: HubProcess, p: Person, variant: str, api: httpx.AsyncClient, why: list[str]
+    hub: HubProcess, p: Person, variant: str, api: httpx.AsyncClient, why: list[str], notes: collections.Counter
 ) -> tuple[bool, float]:
     """(ready, seconds) for ``p``'s server: from their browser, or as XNAT's plugin launches it."""
     name = p.hub_name[variant]
@@ -345,7 +368,7 @@ async def start_server(
             started = resp.status_code in (201, 202)
         if not started:
             why.append(f"{p.launch} launch: HTTP {resp.status_code} {resp.text[:200]}")
-        ok = started and await wait_ready(api, hub, name, why)
+        ok = started and await wait_ready(api, hub, name, why, notes)
     except httpx.HTTPError as e:
         why.append(f"{type(e).__name__}: {e}")
         ok = False
@@ -477,7 +500,10 @@ class Hub:
     prober: "Prober"
     phases: dict[str, Phase] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    notes: collections.Counter = field(default_factory=collections.Counter)
     load: list[float] = field(default_factory=list)
+    #: cProfile the hub during its spawn bursts (``--profile``)
+    profile: bool = False
 
 
 async def measure(hub: Hub, name: str, items, worker, concurrency: int, xnat: RemoteXnat) -> None:
@@ -487,11 +513,16 @@ async def measure(hub: Hub, name: str, items, worker, concurrency: int, xnat: Re
     client0 = time.process_time()
     calls0, sessions0 = xnat.call("calls"), collections.Counter(xnat.call("sessions"))
     hub.load.append(os.getloadavg()[0])
+    profiling = hub.profile and name == "spawn"
+    if profiling:
+        os.kill(hub.pids["hub"], signal.SIGUSR2)  # profiler on
     hub.prober.start(name)
     try:
         results, wall = await burst(items, worker, concurrency)
     finally:
         await hub.prober.stop()
+        if profiling:
+            os.kill(hub.pids["hub"], signal.SIGUSR2)  # profiler off, stats written
     for k, p in hub.pids.items():
         phase.cpu_s[k] += cpu_seconds(p) - cpu0[k]
     phase.cpu_s["client"] += time.process_time() - client0
@@ -527,7 +558,7 @@ async def warm_up(hub: Hub, people: list[Person], api: httpx.AsyncClient) -> Non
     await hub.process.api("POST", "/users/probe")
     for p in people:
         ok, _ = await log_in(hub.process, p, hub.variant)
-        ok = ok and (await start_server(hub.process, p, hub.variant, api, hub.failures))[0]
+        ok = ok and (await start_server(hub.process, p, hub.variant, api, hub.failures, hub.notes))[0]
         if not ok:
             raise RuntimeError(f"warm-up failed on the {hub.variant} hub: {hub.failures}")
 
@@ -541,7 +572,7 @@ async def one_round(hub: Hub, people: list[Person], *, concurrency: int, spawn_c
             await measure(hub, f"login_{kind}", group, lambda p: log_in(hub.process, p, hub.variant),
                           concurrency, xnat)
     await measure(hub, "spawn", people,
-                  lambda p: start_server(hub.process, p, hub.variant, api, hub.failures), spawn_concurrency, xnat)
+                  lambda p: start_server(hub.process, p, hub.variant, api, hub.failures, hub.notes), spawn_concurrency, xnat)
 
 
 async def finish(hub: Hub, people: list[Person], api: httpx.AsyncClient) -> dict:
@@ -571,6 +602,9 @@ async def finish(hub: Hub, people: list[Person], api: httpx.AsyncClient) -> dict
         "servers_running": len(servers),
         "failed": sum(ph.failed for ph in phases.values()) + len(lat.get("failed", [])),
         "spawn_failures": collections.Counter(hub.failures).most_common(5),
+        # spawns whose progress JupyterHub could not follow yet (see wait_ready): a browser
+        # would have shown "Server not running" for a moment
+        "spawns_not_begun_when_spawn_page_answered": hub.notes["progress_before_spawn_began"],
         "burst_wall_s": round(sum(ph.wall_s for ph in phases.values()), 1),
         "api_latency_during_burst": latency_summary([x for k, v in lat.items() if k != "failed" for x in v]),
         "api_latency_by_phase": {k: latency_summary(v) for k, v in sorted(lat.items()) if k != "failed"},
@@ -586,7 +620,7 @@ def _ratio(a, b) -> float | None:
 
 
 async def run(out: Path, *, users: int, password_share: float, concurrency: int, spawn_concurrency: int,
-              rounds: int) -> dict:
+              rounds: int, profile_dir: Path | None = None) -> dict:
     machine = machine_info()
     t_start = time.monotonic()
     results: dict[str, dict] = {}
@@ -622,12 +656,12 @@ async def run(out: Path, *, users: int, password_share: float, concurrency: int,
                 workdir.mkdir()
                 if v == "generic":
                     cfg = generic_config(workdir, endpoints=endpoints, client=clients[v], paths=paths,
-                                         xnat_url=xnat.url)
+                                         xnat_url=xnat.url, profile=profile_dir is not None)
                 else:
                     cfg = xnat_config(workdir, issuer=provider.issuer, client=clients[v], paths=paths,
-                                      xnat_url=xnat.url)
+                                      xnat_url=xnat.url, profile=profile_dir is not None)
                 process = HubProcess(workdir, cfg, port=clients[v].port, env={"JH_XNAT_PASSWORD": service_password})
-                hubs[v] = Hub(v, process, {}, Prober(process))
+                hubs[v] = Hub(v, process, {}, Prober(process), profile=profile_dir is not None)
             await asyncio.gather(*(asyncio.to_thread(h.process.start) for h in hubs.values()))
             for h in hubs.values():
                 h.pids = {"hub": int((h.process.workdir / "jupyterhub.pid").read_text().strip()),
@@ -647,8 +681,14 @@ async def run(out: Path, *, users: int, password_share: float, concurrency: int,
                     results[v] = await finish(h, crowd[v] + warm[v], api)
             sessions_at_end = xnat.call("sessions")
         finally:
-            for h in hubs.values():
+            for v, h in hubs.items():
                 h.process.stop()  # stops its servers too (cleanup_servers)
+                prof = h.process.workdir / "hub.prof"
+                if profile_dir is not None and prof.exists():
+                    profile_dir.mkdir(parents=True, exist_ok=True)
+                    shutil.move(prof, profile_dir / f"workshop-{v}.prof")
+                    if v in results:
+                        results[v]["spawn_profile_share_pct"] = profile_shares(profile_dir / f"workshop-{v}.prof")
             if provider is not None:
                 provider.stop()
             xnat.stop()
@@ -719,6 +759,10 @@ def print_table(report: dict) -> None:
     print(f"xnat/generic: {report['ratios_xnat_over_generic']}")
     print(f"XNAT calls per spawn: {report['xnat_per_spawn']}")
     print(f"XNAT sessions per spawn: {report['xnat_sessions_per_spawn']}")
+    for v, r in report["variants"].items():
+        if "spawn_profile_share_pct" in r:
+            top = ", ".join(f"{k} {x}%" for k, x in list(r["spawn_profile_share_pct"].items())[:8])
+            print(f"profile of {v}'s spawns: {top}")
     if "hub_metrics" in report["variants"]["xnat"]:
         print(f"xnat hub's /hub/metrics: {report['variants']['xnat']['hub_metrics']}")
     m = report["machine"]
@@ -734,13 +778,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spawn-concurrency", type=int, default=20, help="spawns in flight at once")
     p.add_argument("--rounds", type=int, default=4, help="turns the variants take (users split evenly)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="cProfile each hub during its spawn bursts; write DIR/workshop-<variant>.prof")
     args = p.parse_args(argv)
     if (args.users < 2 or not 0 <= args.password_share <= 1 or args.concurrency < 1 or args.spawn_concurrency < 1
             or not 1 <= args.rounds <= args.users):
         p.error("need users >= 2, 0 <= password-share <= 1, concurrency >= 1, 1 <= rounds <= users")
     report = asyncio.run(run(args.out, users=args.users, password_share=args.password_share,
                              concurrency=args.concurrency, spawn_concurrency=args.spawn_concurrency,
-                             rounds=args.rounds))
+                             rounds=args.rounds, profile_dir=args.profile))
     print_table(report)
     print(f"written to {args.out}")
     if report["errors"]:
