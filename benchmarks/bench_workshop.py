@@ -74,7 +74,8 @@ WARMUP_USERS = 2  # per login kind, untimed: discovery, JWKS, imports, first spa
 LOGIN_TIMEOUT = 60.0
 SPAWN_TIMEOUT = 180.0
 START_GRACE = 30.0  # a spawn asked for must have begun by then
-PHASE_TIMEOUT = 900.0  # seconds; no phase of a sane run comes near it
+PHASE_TIMEOUT = 900.0
+CALIBRATION_REQUESTS = 100  # seconds; no phase of a sane run comes near it
 
 
 # -- the XNAT emulator, in a process of its own -----------------------------------------------------
@@ -293,58 +294,41 @@ async def log_in(hub: HubProcess, p: Person, variant: str) -> tuple[bool, float]
 
 async def wait_ready(client: httpx.AsyncClient, hub: HubProcess, name: str, why: list[str],
                      notes: collections.Counter) -> bool:
-    """Follow the spawn's progress events (the hub's own stream, no polling) until it ends;
-    a failure's message goes to ``why``."""
-    async with client.stream(
-        "GET",
-        f"{hub.hub_url}/api/users/{quote(name, safe='')}/server/progress",
-        headers={"Authorization": f"token {hub.api_token}"},
-        timeout=SPAWN_TIMEOUT,
-    ) as stream:
-        if stream.status_code == 400:
-            # "not starting": /hub/spawn answers after 1 s whatever happened, and the spawn is
-            # not pending until the auth refresh before it (refresh_pre_spawn) is done. A
-            # browser shows "Server not running" then; the spawn goes on.
-            notes["progress_before_spawn_began"] += 1
-            return await wait_ready_model(client, hub, name, why)
-        if stream.status_code != 200:
-            why.append(f"progress: HTTP {stream.status_code}")
-            return False
-        async for line in stream.aiter_lines():
-            if line.startswith("data:"):
-                event = json.loads(line[5:])
-                if event.get("ready"):
-                    return True
-                if event.get("failed"):
-                    why.append(str(event.get("message", "failed"))[:300])
-                    return False
-    why.append("progress stream ended")
-    return False
-
-
-async def wait_ready_model(client: httpx.AsyncClient, hub: HubProcess, name: str, why: list[str]) -> bool:
-    """Ready, as the user model says, for a spawn that may not have begun yet: it must begin
-    within START_GRACE and end ready within SPAWN_TIMEOUT (JupyterHub's progress stream cannot
-    follow a spawn that has not begun)."""
+    """Follow the spawn's progress events (the hub's own stream) until it ends; a failure's
+    message goes to ``why``. ``notes`` counts the harness's own requests to the hub."""
     t0 = time.monotonic()
-    began = False
-    while time.monotonic() < t0 + SPAWN_TIMEOUT:
-        resp = await client.get(f"{hub.hub_url}/api/users/{quote(name, safe='')}",
-                                headers={"Authorization": f"token {hub.api_token}"})
-        server = (resp.json().get("servers") or {}).get("", {}) if resp.status_code == 200 else {}
-        if server.get("ready"):
-            return True
-        if server.get("pending"):
-            began = True
-        elif began:
-            why.append("the spawn ended without a ready server")
-            return False
-        elif time.monotonic() > t0 + START_GRACE:
-            why.append(f"the spawn did not begin within {START_GRACE:g} s")
-            return False
-        await asyncio.sleep(0.05)  # a bounded poll: no event tells when a spawn begins
-    why.append("not ready in time")
-    return False
+    wait = 0.05
+    while True:
+        notes["harness_requests"] += 1
+        async with client.stream(
+            "GET",
+            f"{hub.hub_url}/api/users/{quote(name, safe='')}/server/progress",
+            headers={"Authorization": f"token {hub.api_token}"},
+            timeout=SPAWN_TIMEOUT,
+        ) as stream:
+            if stream.status_code == 400 and time.monotonic() < t0 + START_GRACE:
+                # "not starting": /hub/spawn answers after 1 s whatever happened, and the spawn
+                # is not pending until the auth refresh before it (refresh_pre_spawn) is done;
+                # JupyterHub's spawn-pending page says "Server not running" then. The spawn
+                # goes on: ask again shortly (no event tells when a spawn begins).
+                if wait == 0.05:
+                    notes["progress_before_spawn_began"] += 1
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 1.0)
+                continue
+            if stream.status_code != 200:
+                why.append(f"progress: HTTP {stream.status_code}")
+                return False
+            async for line in stream.aiter_lines():
+                if line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    if event.get("ready"):
+                        return True
+                    if event.get("failed"):
+                        why.append(str(event.get("message", "failed"))[:300])
+                        return False
+        why.append("progress stream ended")
+        return False
 
 
 async def start_server(
@@ -469,10 +453,18 @@ class Phase:
     cpu_s: collections.Counter = field(default_factory=collections.Counter)
     xnat_calls: collections.Counter = field(default_factory=collections.Counter)
     sessions: collections.Counter = field(default_factory=collections.Counter)
+    #: token-authenticated requests of the benchmark itself (probes, progress streams)
+    harness_requests: int = 0
 
-    def summary(self) -> dict:
+    def hub_cpu_net_s(self, per_request_s: float) -> float:
+        """The hub's CPU less what the benchmark's own API requests cost it."""
+        return max(0.0, self.cpu_s["hub"] - self.harness_requests * per_request_s)
+
+    def summary(self, per_request_s: float = 0.0) -> dict:
         n = self.count or 1
         return {
+            "hub_cpu_ms_per_item_net": round(self.hub_cpu_net_s(per_request_s) * 1000 / n, 2),
+            "harness_requests": self.harness_requests,
             "count": self.count,
             "failed": self.failed,
             "wall_s": round(self.wall_s, 2),
@@ -504,6 +496,8 @@ class Hub:
     load: list[float] = field(default_factory=list)
     #: cProfile the hub during its spawn bursts (``--profile``)
     profile: bool = False
+    #: hub CPU seconds one token-authenticated API request costs (measured on the idle hub)
+    per_request_s: float = 0.0
 
 
 async def measure(hub: Hub, name: str, items, worker, concurrency: int, xnat: RemoteXnat) -> None:
@@ -513,6 +507,7 @@ async def measure(hub: Hub, name: str, items, worker, concurrency: int, xnat: Re
     client0 = time.process_time()
     calls0, sessions0 = xnat.call("calls"), collections.Counter(xnat.call("sessions"))
     hub.load.append(os.getloadavg()[0])
+    probes0, harness0 = len(hub.prober.latencies[name]), hub.notes["harness_requests"]
     profiling = hub.profile and name == "spawn"
     if profiling:
         os.kill(hub.pids["hub"], signal.SIGUSR2)  # profiler on
@@ -532,6 +527,7 @@ async def measure(hub: Hub, name: str, items, worker, concurrency: int, xnat: Re
     phase.latencies += [t for ok, t in results if ok]
     phase.xnat_calls += xnat.call("calls") - calls0
     phase.sessions += collections.Counter(xnat.call("sessions")) - sessions0
+    phase.harness_requests += len(hub.prober.latencies[name]) - probes0 + hub.notes["harness_requests"] - harness0
 
 
 def our_metrics(text: str) -> dict:
@@ -561,6 +557,17 @@ async def warm_up(hub: Hub, people: list[Person], api: httpx.AsyncClient) -> Non
         ok = ok and (await start_server(hub.process, p, hub.variant, api, hub.failures, hub.notes))[0]
         if not ok:
             raise RuntimeError(f"warm-up failed on the {hub.variant} hub: {hub.failures}")
+
+
+async def calibrate(hub: Hub, n: int = CALIBRATION_REQUESTS) -> None:
+    """What one of the benchmark's own API requests (a token-authenticated GET: JupyterHub hashes
+    the token each time) costs the idle hub, to take the probes' cost out of the figures."""
+    headers = {"Authorization": f"token {hub.process.api_token}"}
+    async with httpx.AsyncClient(trust_env=False, verify=SHARED_SSL_CONTEXT, timeout=60) as client:
+        cpu0 = cpu_seconds(hub.pids["hub"])
+        for _ in range(n):
+            (await client.get(f"{hub.process.hub_url}/api/users/probe", headers=headers)).raise_for_status()
+        hub.per_request_s = (cpu_seconds(hub.pids["hub"]) - cpu0) / n
 
 
 async def one_round(hub: Hub, people: list[Person], *, concurrency: int, spawn_concurrency: int,
@@ -594,10 +601,17 @@ async def finish(hub: Hub, people: list[Person], api: httpx.AsyncClient) -> dict
     n_logins = sum(ph.count for ph in logins)
     spawn = phases["spawn"]
     lat = hub.prober.latencies
+    per = hub.per_request_s
     report = {
-        "phases": {name: ph.summary() for name, ph in phases.items()},
-        "hub_cpu_ms_per_login": round(sum(ph.cpu_s["hub"] for ph in logins) * 1000 / n_logins, 2) if n_logins else None,
-        "hub_cpu_ms_per_spawn": round(spawn.cpu_s["hub"] * 1000 / spawn.count, 2) if spawn.count else None,
+        "phases": {name: ph.summary(per) for name, ph in phases.items()},
+        # less the benchmark's own API requests (probes, progress streams) at their idle cost
+        "hub_cpu_ms_per_login": round(sum(ph.hub_cpu_net_s(per) for ph in logins) * 1000 / n_logins, 2)
+        if n_logins else None,
+        "hub_cpu_ms_per_spawn": round(spawn.hub_cpu_net_s(per) * 1000 / spawn.count, 2) if spawn.count else None,
+        "hub_cpu_ms_per_login_raw": round(sum(ph.cpu_s["hub"] for ph in logins) * 1000 / n_logins, 2)
+        if n_logins else None,
+        "hub_cpu_ms_per_spawn_raw": round(spawn.cpu_s["hub"] * 1000 / spawn.count, 2) if spawn.count else None,
+        "hub_cpu_ms_per_harness_request": round(per * 1000, 2),
         "server_cpu_ms_per_server": round(server_cpu * 1000 / len(servers), 2) if servers else None,
         "servers_running": len(servers),
         "failed": sum(ph.failed for ph in phases.values()) + len(lat.get("failed", [])),
@@ -669,6 +683,7 @@ async def run(out: Path, *, users: int, password_share: float, concurrency: int,
             async with httpx.AsyncClient(trust_env=False, verify=SHARED_SSL_CONTEXT, timeout=SPAWN_TIMEOUT) as api:
                 for v, h in hubs.items():
                     await warm_up(h, warm[v], api)
+                    await calibrate(h)
                 order = list(VARIANTS)
                 for r in range(rounds):
                     # the variants take turns, the order turning each round, so a burst of load
@@ -695,7 +710,7 @@ async def run(out: Path, *, users: int, password_share: float, concurrency: int,
     machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     machine["run_seconds"] = round(time.monotonic() - t_start, 1)
     ours, base = results["xnat"], results["generic"]
-    base_login = base["phases"]["login_openid"]["cpu_ms_per_item"]["hub"]
+    base_login = base["phases"]["login_openid"]["hub_cpu_ms_per_item_net"]
     spawns = ours["phases"]["spawn"]
     report = {
         "benchmark": "a workshop morning: logins and spawns of every user, XnatOAuthenticator + spawn hook "
@@ -718,11 +733,13 @@ async def run(out: Path, *, users: int, password_share: float, concurrency: int,
         "variants": results,
         "ratios_xnat_over_generic": {
             "hub_cpu_per_login": _ratio(ours["hub_cpu_ms_per_login"], base["hub_cpu_ms_per_login"]),
-            "hub_cpu_per_openid_login": _ratio(ours["phases"]["login_openid"]["cpu_ms_per_item"]["hub"], base_login)
+            "hub_cpu_per_openid_login": _ratio(ours["phases"]["login_openid"]["hub_cpu_ms_per_item_net"], base_login)
             if "login_openid" in ours["phases"] else None,
-            "hub_cpu_per_password_login": _ratio(ours["phases"]["login_password"]["cpu_ms_per_item"]["hub"], base_login)
-            if "login_password" in ours["phases"] else None,
+            "hub_cpu_per_password_login": _ratio(ours["phases"]["login_password"]["hub_cpu_ms_per_item_net"],
+                                                 base_login) if "login_password" in ours["phases"] else None,
             "hub_cpu_per_spawn": _ratio(ours["hub_cpu_ms_per_spawn"], base["hub_cpu_ms_per_spawn"]),
+            "hub_cpu_per_login_raw": _ratio(ours["hub_cpu_ms_per_login_raw"], base["hub_cpu_ms_per_login_raw"]),
+            "hub_cpu_per_spawn_raw": _ratio(ours["hub_cpu_ms_per_spawn_raw"], base["hub_cpu_ms_per_spawn_raw"]),
             "api_p50_during_burst": _ratio(ours["api_latency_during_burst"].get("p50_ms"),
                                            base["api_latency_during_burst"].get("p50_ms")),
             "api_p99_during_burst": _ratio(ours["api_latency_during_burst"].get("p99_ms"),
@@ -745,13 +762,14 @@ async def run(out: Path, *, users: int, password_share: float, concurrency: int,
 def print_table(report: dict) -> None:
     head = (f"{'variant':8s} {'phase':15s} {'n':>4s} {'fail':>4s} {'/s':>6s} {'p50 ms':>8s} {'p99 ms':>8s} "
             f"{'hub CPU ms':>10s} {'XNAT calls':>10s}")
+    print("(hub CPU: per login or spawn, less the benchmark's own API requests at their idle cost)")
     print(head)
     print("-" * len(head))
     for v, r in report["variants"].items():
         for name, ph in r["phases"].items():
             lat = ph["latency"]
             print(f"{v:8s} {name:15s} {ph['count']:4d} {ph['failed']:4d} {ph['per_s'] or 0:6.1f} "
-                  f"{lat.get('p50_ms', 0):8.1f} {lat.get('p99_ms', 0):8.1f} {ph['cpu_ms_per_item'].get('hub', 0):10.1f} "
+                  f"{lat.get('p50_ms', 0):8.1f} {lat.get('p99_ms', 0):8.1f} {ph['hub_cpu_ms_per_item_net']:10.1f} "
                   f"{ph['xnat_calls_per_item']['total']:10g}")
         api = r["api_latency_during_burst"]
         print(f"{v:8s} hub API during the burst: p50 {api.get('p50_ms')} ms, p99 {api.get('p99_ms')} ms "

@@ -85,8 +85,12 @@ def test_bench_workshop_with_four_users_logs_in_and_starts_every_server(tmp_path
         assert {"p50_ms", "p99_ms", "n"} <= set(variant["api_latency_during_burst"])
     assert set(report["ratios_xnat_over_generic"]) == {
         "hub_cpu_per_login", "hub_cpu_per_openid_login", "hub_cpu_per_password_login", "hub_cpu_per_spawn",
-        "api_p50_during_burst", "api_p99_during_burst",
+        "hub_cpu_per_login_raw", "hub_cpu_per_spawn_raw", "api_p50_during_burst", "api_p99_during_burst",
     }
+    for variant in (generic, ours):
+        # the benchmark's own API requests (probes, progress streams) are counted and costed
+        assert variant["hub_cpu_ms_per_harness_request"] > 0
+        assert variant["phases"]["spawn"]["harness_requests"] >= variant["phases"]["spawn"]["count"]
     # facts of the protocol, the same on any machine: the plain hub never calls XNAT; ours asks
     # XNAT for a token and the Jupyter role per login, and per spawn validates the token at the
     # refresh, then lists and checks two projects (started from the hub) or reads XNAT's launch
