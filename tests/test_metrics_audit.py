@@ -57,11 +57,26 @@ def sample(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+class _Keep(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 @pytest.fixture
-def audit_records(caplog):
-    """The audit lines written during the test, as the structured fields each record carries."""
-    with caplog.at_level(logging.INFO, logger=audit.LOGGER_NAME):
-        yield lambda: [r.xnat_oauth_audit for r in caplog.records if r.name == audit.LOGGER_NAME]
+def audit_records():
+    """The audit lines written during the test, as the structured fields each record carries
+    (on the audit logger itself: once a hub routed it, it no longer propagates)."""
+    logger = logging.getLogger(audit.LOGGER_NAME)
+    keep, level = _Keep(), logger.level
+    logger.addHandler(keep)
+    logger.setLevel(logging.INFO)
+    yield lambda: [r.xnat_oauth_audit for r in keep.records]
+    logger.removeHandler(keep)
+    logger.setLevel(level)
     audit.set_format("text")
 
 
@@ -179,6 +194,7 @@ def test_audit_lines_go_into_the_hub_log_unless_the_site_routes_them():
         logger.propagate, logger.level = True, logging.NOTSET
         assert audit.route_into(hub_log)
         assert audit.route_into(logging.LoggerAdapter(hub_log, {})), "a second start replaces, never doubles"
+        assert not logger.propagate, "once in the hub's log, never again through the root logger"
         audit.emit("logout", "success", user="alice")
         assert [r.getMessage() for r in seen] == ["event=logout outcome=success user=alice"]
         # a site's own handler (c.JupyterHub.logging_config): the lines are the site's to route
@@ -188,6 +204,10 @@ def test_audit_lines_go_into_the_hub_log_unless_the_site_routes_them():
         logger.addHandler(site)
         assert not audit.route_into(hub_log)
         assert logger.handlers == [site]
+        # a site that silenced it (propagate off, no handler) keeps it silent
+        logger.removeHandler(site)
+        logger.propagate = False
+        assert not audit.route_into(hub_log) and logger.handlers == []
     finally:
         hub_log.removeHandler(keep)
         for h in list(logger.handlers):

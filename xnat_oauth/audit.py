@@ -99,14 +99,17 @@ class IntoHubLog(logging.Handler):
 
 def route_into(hub_log: logging.Logger | logging.LoggerAdapter) -> bool:
     """Send the audit lines into ``hub_log`` unless the site routed ``xnat_oauth.audit`` itself
-    (a handler of its own, or ``propagate`` off). True if they now go to ``hub_log``."""
+    (a handler of its own, or ``propagate`` off without one of ours). True if they now go to
+    ``hub_log``."""
     target = hub_log.logger if isinstance(hub_log, logging.LoggerAdapter) else hub_log
     ours = [h for h in log.handlers if isinstance(h, IntoHubLog)]
-    if len(ours) != len(log.handlers) or not log.propagate:
+    if len(ours) != len(log.handlers) or (not ours and not log.propagate):
         return False  # the site's logging_config decides
     for h in ours:
         log.removeHandler(h)
     log.addHandler(IntoHubLog(target))
+    # once in the hub's log, not again through a handler the site put on the root logger
+    log.propagate = False
     if log.level == logging.NOTSET:
         # JupyterHub configures only its own logger: left alone, this one would inherit the
         # root logger's WARNING and drop every line
