@@ -109,6 +109,10 @@ def test_every_metric_is_documented_with_its_labels():
             assert f"`{label}`" in page, (family.name, label)
             for v in allowed or ():
                 assert f"`{v}`" in page, (family.name, label, v)
+    # the endpoint label's values: the XNAT client's methods
+    for name, fn in vars(XnatClient).items():
+        if inspect.iscoroutinefunction(fn) and not name.startswith("_") and name != "aclose":
+            assert f"`{name}`" in page, name
 
 
 @pytest.mark.parametrize(
