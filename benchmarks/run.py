@@ -1,8 +1,8 @@
 """Run the benchmarks: ``python -m benchmarks.run [NAME ...]`` (``make bench`` runs them all).
 
 Every ``benchmarks/bench_<name>.py`` has a ``main(argv) -> int``; each runs in turn with its
-defaults and writes its figures under ``benchmarks/results/``. Names (``login``, ``spawn``) pick
-some. The exit status is 1 if any benchmark failed or raised; the others still run.
+defaults and writes its figures under ``benchmarks/results/``. Names (``login``, ``spawn``,
+``throttle``, ``workshop``) pick some. The exit status is 1 if any benchmark failed or raised; the others still run.
 """
 
 from __future__ import annotations

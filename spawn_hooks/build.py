@@ -20,11 +20,14 @@ import sqlite3
 import ssl
 import time
 import weakref
+from contextvars import ContextVar
 from dataclasses import replace
+from typing import Any, Awaitable, Callable
 
 from jupyterhub.crypto import EncryptionUnavailable
 from jupyterhub.utils import maybe_future
 
+from xnat_oauth import decisions
 from xnat_oauth.auth_state import AuthStateError, XnatAuthState
 from xnat_oauth.errors import (
     ConfigError,
@@ -396,6 +399,7 @@ async def build_plan(spawner, settings: XnatSpawnHooks | None = None) -> SpawnPl
             if not (settings.allow_start_without_data and refused.reason in SOFT_REASONS):
                 raise
             log.warning("starting %s without XNAT data: %s", username, refused.log_text)
+            _note_without_data(refused.reason)
             env = {"XNAT_HOST": settings.notebook_xnat_url or (state.url if state else settings.xnat_url)}
             plan = plan_without_data(
                 rules=rules,
@@ -416,3 +420,43 @@ async def build_plan(spawner, settings: XnatSpawnHooks | None = None) -> SpawnPl
                     plan.username, ", ".join(plan.dropped))
     log.info("spawn plan: %s", plan.describe())
     return plan
+
+
+# -- the decision, for operators (metrics and the audit log) ------------------------------------
+
+#: the soft refusal a spawn under way was started without data for (see build_plan)
+_WITHOUT_DATA: ContextVar[list[str] | None] = ContextVar("spawn_hooks_without_data", default=None)
+
+
+def _note_without_data(reason: str) -> None:
+    note = _WITHOUT_DATA.get()
+    if note is not None:
+        note.append(reason)
+
+
+def observed(hook: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    """A pre-spawn hook whose decision is counted (``xnat_oauth_spawns_total``) and written to
+    the audit log: success, without_data, refused or error, with the refusal's reason. Every
+    adapter's ``pre_spawn_hook`` is one, so refusals of the adapters themselves count too."""
+
+    @functools.wraps(hook)
+    async def run(spawner) -> None:
+        launch = "xnat" if is_xnat_launch(dict(getattr(spawner, "user_options", None) or {})) else "hub"
+        note: list[str] = []
+        token = _WITHOUT_DATA.set(note)
+        try:
+            await hook(spawner)
+        except SpawnRefused as refused:
+            decisions.spawn_decided(spawner, decisions.spawn_outcome(refused.reason), refused.reason, launch)
+            raise
+        except Exception:
+            decisions.spawn_decided(spawner, "error", "other", launch)
+            raise
+        finally:
+            _WITHOUT_DATA.reset(token)
+        if note:
+            decisions.spawn_decided(spawner, "without_data", note[-1], launch)
+        else:
+            decisions.spawn_decided(spawner, "success", "none", launch)
+
+    return run

@@ -20,7 +20,7 @@ import logging
 from docker.types import DeviceRequest, Mount
 
 from ._base import braces, configured
-from .build import build_plan, load_settings, release_credentials
+from .build import build_plan, load_settings, observed, release_credentials
 from .config import XnatSpawnHooks
 from .plan import SpawnPlan
 
@@ -129,6 +129,7 @@ def apply_plan(spawner, plan: SpawnPlan, settings: XnatSpawnHooks) -> None:
     (apply_swarm if _is_swarm(spawner) else apply_docker)(spawner, plan, settings)
 
 
+@observed
 async def pre_spawn_hook(spawner) -> None:
     """``c.DockerSpawner.pre_spawn_hook`` / ``c.SwarmSpawner.pre_spawn_hook``."""
     settings = load_settings(spawner)

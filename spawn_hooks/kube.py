@@ -23,7 +23,7 @@ import logging
 import re
 
 from ._base import braces, configured
-from .build import build_plan, load_settings, release_credentials
+from .build import build_plan, load_settings, observed, release_credentials
 from .config import XnatSpawnHooks
 from .errors import SpawnRefused
 from .paths import VOLUME_NAME_RE, is_inside
@@ -190,6 +190,7 @@ def apply_kube(spawner, plan: SpawnPlan, settings: XnatSpawnHooks) -> None:
     spawner.fs_gid = settings.nb_gid if settings.nb_gid is not None else base["fs_gid"]
 
 
+@observed
 async def pre_spawn_hook(spawner) -> None:
     """``c.KubeSpawner.pre_spawn_hook``."""
     settings = load_settings(spawner)

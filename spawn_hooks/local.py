@@ -25,7 +25,7 @@ import stat
 import tempfile
 
 from ._base import braces, configured
-from .build import build_plan, load_settings, release_credentials
+from .build import build_plan, load_settings, observed, release_credentials
 from .config import XnatSpawnHooks
 from .errors import SpawnRefused
 from .paths import check_servername, check_username, is_inside
@@ -155,6 +155,7 @@ def apply_local(spawner, plan: SpawnPlan, settings: XnatSpawnHooks, base: str) -
     spawner.notebook_dir = braces(base)
 
 
+@observed
 async def pre_spawn_hook(spawner) -> None:
     """``c.LocalProcessSpawner.pre_spawn_hook`` (and its subclasses')."""
     settings = load_settings(spawner)

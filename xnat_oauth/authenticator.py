@@ -45,7 +45,8 @@ from oauthenticator.oauth2 import OAuthLogoutHandler
 from tornado.httputil import url_concat
 from traitlets import Bool, CaselessStrEnum, Dict, Float, Integer, List, Set, Unicode, default, observe
 
-from . import compat, renewal, server_tokens
+from . import compat, decisions, renewal, server_tokens
+from .audit import AuditSettings
 from .auth_state import Identity, XnatAuthState
 from .client_address import request_client_address, trusted_proxies_of
 from .errors import ConfigError, NotAllowedJupyter, XnatOAuthError, XnatUnavailable
@@ -143,9 +144,10 @@ class XnatLogoutHandler(OAuthLogoutHandler):
         await super().handle_logout()
         if self.current_user is not None:
             await self.authenticator.forget_xnat_token(self.current_user)
+            decisions.logout(self, self.current_user)
 
 
-class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
+class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings, AuditSettings):
     login_handler = oidc_handlers.XnatOAuthLoginHandler
     callback_handler = oidc_handlers.XnatOAuthCallbackHandler
     logout_handler = XnatLogoutHandler
@@ -522,6 +524,7 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
                 )
         except ConfigError as e:
             self._fatal(str(e))
+        decisions.start(self)
         if not (self.password_login or self.oidc_enabled):
             self._fatal(
                 "Nothing to log in with: password_login is off and no OpenID provider is "
@@ -952,7 +955,9 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
 
     async def get_token_info(self, handler, params):
         if params.get("grant_type") == PASSWORD_GRANT:
-            with password_login_errors(self.log, self._password_login.log_ref(params["username"])):
+            who = self._password_login.username_id(params["username"])
+            decisions.begin_login("password", None, params["address"], who)
+            with password_login_errors(self.log, self._password_login.log_ref(params["username"])), decisions.login_errors():
                 record = await self._password_login.login(
                     params["username"], params["password"], params["address"]
                 )
@@ -965,7 +970,9 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
             provider, nonce = _REFRESHING.get(), None
         if provider is None:
             raise user_error(403, "This login's identity provider is not offered on this hub any more.")
-        with oidc_login_errors(self.log, provider.id):
+        if grant == "authorization_code":
+            decisions.begin_login("openid", provider.id, decisions.address_of(handler, self))
+        with oidc_login_errors(self.log, provider.id), decisions.login_errors():
             if grant == "authorization_code" and not nonce:
                 # Before the code is redeemed: a browser without its login nonce gets nothing.
                 raise IdTokenError("nonce", "no nonce in this browser's login state")
@@ -1024,7 +1031,7 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         provider = step.provider
         if provider is None:
             raise user_error(403, "This login's identity provider is not offered on this hub any more.")
-        with oidc_login_errors(self.log, provider.id):
+        with oidc_login_errors(self.log, provider.id), decisions.login_errors(step):
             return await self._openid_user(token_info, step, provider)
 
     async def _userinfo(self, provider: ProviderConfig, token_info: dict) -> dict | None:
@@ -1168,7 +1175,7 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
     async def check_blocked_users(self, username, authentication=None):
         if await maybe_future(super().check_blocked_users(username, authentication)):
             return True
-        await self._refuse(username, authentication, "is in blocked_users")
+        await self._refuse(username, authentication, "is in blocked_users", reason="blocked")
 
     async def check_allowed(self, username, auth_model):
         if auth_model is None:
@@ -1181,11 +1188,16 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         if await super().check_allowed(username, auth_model):
             return True
         if self.check_xnat_jupyter_permission and record is not None and record.jupyter is False:
-            await self._refuse(username, auth_model, "has no Jupyter permission in XNAT", NotAllowedJupyter.user_message)
+            await self._refuse(
+                username, auth_model, "has no Jupyter permission in XNAT", NotAllowedJupyter.user_message, "no_jupyter"
+            )
         await self._refuse(username, auth_model, "matches no allow rule")
 
-    async def _refuse(self, username, auth_model, why: str, message: str = NOT_ALLOWED_MESSAGE):
+    async def _refuse(
+        self, username, auth_model, why: str, message: str = NOT_ALLOWED_MESSAGE, reason: str = "not_allowed"
+    ):
         """Invalidate the login's XNAT token, then refuse with a message for the user."""
+        decisions.login_refused(auth_model, reason, username)
         record = XnatAuthState.maybe_from_auth_state((auth_model or {}).get("auth_state"))
         if record is not None and record.token is not None:
             await discard(self.xnat, record.token, self.log)
@@ -1198,6 +1210,7 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         Only admitted logins bind: an identity refused by the allow rules must not be able to
         take a name from the person it belongs to.
         """
+        login = decisions.take_login(authentication)
         record = XnatAuthState.maybe_from_auth_state(authentication.get("auth_state"))
         if record is not None and record.identity is not None:
             try:
@@ -1209,11 +1222,19 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
                         authentication["name"],
                     )
             except IdentityConflict as e:
+                decisions.login_refused(login, "identity_conflict", authentication["name"])
                 if record.token is not None:
                     await discard(self.xnat, record.token, self.log)
                 self.log.error("OpenID login refused: %s", e)
                 raise user_error(403, e.user_message) from None
-        return await super().run_post_auth_hook(handler, authentication)
+        authentication = await super().run_post_auth_hook(handler, authentication)
+        decisions.login_admitted(login, authentication)
+        return authentication
+
+    async def update_auth_model(self, auth_model):
+        # check_allowed and check_blocked_users get no request: how and from where this login
+        # came rides in the model (run_post_auth_hook takes it out again)
+        return decisions.attach_login(auth_model)
 
     # -- session life ----------------------------------------------------------------------
 
@@ -1232,7 +1253,9 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
         compat.allow_refresh_to_ask_for_login(handler)
         flight = self._refreshes.get(user.name)
         if flight is None:
-            flight = asyncio.ensure_future(self._refresh_once(user, handler, **kwargs))
+            flight = asyncio.ensure_future(
+                decisions.refresh(self._refresh_once(user, handler, **kwargs), user.name, handler, self)
+            )
             self._refreshes[user.name] = flight
             flight.add_done_callback(functools.partial(self._refresh_done, user.name))
         result = await asyncio.shield(flight)
@@ -1297,6 +1320,7 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings):
                 await discard(self.xnat, after.token, self.log)
             return False
         if new_token:
+            decisions.note_renewed()
             await user.save_auth_state(result["auth_state"])
             if before is not None and before.token is not None:
                 await discard(self.xnat, before.token, self.log)

@@ -41,12 +41,18 @@ class PasswordLogin:
         self.throttle = throttle
         self.check_jupyter = check_jupyter
 
+    def username_id(self, username: str) -> str | None:
+        """The throttle's id of what was typed as the username (``xnat-oauth throttle show|reset
+        --id``): never the text itself. None when the throttle's file is unusable."""
+        try:
+            return self.throttle.store.key((username or "").strip())[:12]
+        except Exception:  # noqa: BLE001 - the throttle's file is unusable: its own refusal says so
+            return None
+
     def log_ref(self, username: str) -> str:
         """How a log line names what was typed as the username: never the text itself."""
-        try:
-            return f"username id {self.throttle.store.key((username or '').strip())[:12]}"
-        except Exception:  # noqa: BLE001 - the throttle's file is unusable: its own refusal says so
-            return "a username"
+        ref = self.username_id(username)
+        return f"username id {ref}" if ref is not None else "a username"
 
     async def login(self, username: str, password: str, address: str) -> XnatAuthState:
         """Return the auth_state record for a correct password, or raise a typed error."""

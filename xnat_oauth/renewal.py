@@ -35,6 +35,7 @@ from jupyterhub.scopes import has_scope
 
 from .auth_state import XnatAuthState, XnatToken
 from .errors import XnatUnavailable
+from . import decisions
 from .server_tokens import ServerRecord, ServerToken, ServerTokenRefused, discard, invalidate, mint, store_for
 
 log = logging.getLogger("xnat_oauth.renewal")
@@ -116,6 +117,8 @@ class ServerTokenHandler(APIHandler):
     """``GET``: the server's current XNAT token; ``POST``: a new one (see the module doc)."""
 
     answered = False
+    #: a POST (a renewal, counted and audited), not a GET of the current token
+    renewing = False
 
     def _answer(self, status: int, body: dict[str, Any]) -> None:
         self.answered = True
@@ -133,6 +136,10 @@ class ServerTokenHandler(APIHandler):
         log.info("XNAT token renewal refused (%s) for %s%s", reason,
                  getattr(self.current_user, "name", "an unknown caller"), f": {detail}" if detail else "")
         self._answer(status, body)
+        if self.renewing:
+            outcome = "error" if status >= 500 else "refused"
+            decisions.record_renewal(outcome, user=getattr(self.current_user, "name", None),
+                                     address=decisions.address_of(self, self.authenticator), reason=reason)
 
     def _server(self) -> tuple[Any, ServerRecord] | None:
         """The user and server the request's token belongs to, or None (refused already)."""
@@ -170,6 +177,7 @@ class ServerTokenHandler(APIHandler):
             self._refuse("hub_state", detail=f"{type(e).__name__}: {e}")
 
     async def post(self):
+        self.renewing = True
         try:
             found = self._server()
             if found is None:
@@ -240,6 +248,8 @@ class ServerTokenHandler(APIHandler):
             self._refuse("server_stopped")
             return
         self._answer(200, self._token_body(fresh, record, renewed=True))
+        decisions.record_renewal("success", user=user.name, server=record.server,
+                                 address=decisions.address_of(self, auth))
         # delivered (written to the server's connection), then the old one ends
         await self.flush()
         self.finish()

@@ -56,6 +56,7 @@ from typing import Callable, Iterator
 
 from traitlets import Bool, HasTraits, Integer, Unicode
 
+from . import metrics
 from .client_address import throttle_key
 from .errors import LoginThrottled
 
@@ -422,10 +423,13 @@ class LoginThrottle:
             if refusal is None and not known:
                 refusal = self._make_room(key)
         except (sqlite3.Error, OSError) as e:
-            raise self._store_down(e) from None
+            down = self._store_down(e)
+            metrics.record_throttle_refusal(down.reason)
+            raise down from None
         if refusal is None and akey not in self._addrs:
             refusal = self._make_address_room()
         if refusal is not None:
+            metrics.record_throttle_refusal(refusal.reason)
             raise refusal
         self._users_in_flight[key] = self._users_in_flight.get(key, 0) + 1
         aw = self._addrs.get(akey)

@@ -27,6 +27,8 @@ Design points, each learnt from how XNAT and the earlier integrations behave:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import hmac
 import http.cookiejar
@@ -36,13 +38,14 @@ import re
 import secrets
 import ssl
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
 
-from . import _version
+from . import _version, metrics
 from .auth_state import XnatToken
 from .errors import (
     XnatAuthError,
@@ -232,6 +235,56 @@ class AliasToken:
         return XnatToken(alias=self.alias, secret=self.secret, expires_at=self.expires_at)
 
 
+#: the client method whose XNAT requests are under way (the endpoint label of their latency)
+_ENDPOINT: ContextVar[str | None] = ContextVar("xnat_oauth_endpoint", default=None)
+_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+
+
+def _endpoint(fn: _F) -> _F:
+    """Label the XNAT requests ``fn`` makes with its name: a bounded set, where a path would
+    carry usernames and project ids. The innermost named method wins (``validate_token`` asks
+    through ``whoami``)."""
+
+    @functools.wraps(fn)
+    async def call(*args, **kwargs):
+        token = _ENDPOINT.set(fn.__name__)
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            _ENDPOINT.reset(token)
+
+    return cast(_F, call)
+
+
+class _Answer:
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+
+
+@contextlib.contextmanager
+def _timed_exchange() -> Iterator[_Answer]:
+    """The duration of one HTTP exchange with XNAT and what it ended in, as a metric."""
+    answer = _Answer()
+    outcome = "error"
+    t0 = time.perf_counter()
+    try:
+        yield answer
+        outcome = metrics.status_class(answer.status) if answer.status is not None else "error"
+    except (httpx.TimeoutException, asyncio.TimeoutError):
+        outcome = "timeout"
+        raise
+    except httpx.ConnectError:
+        outcome = "unreachable"
+        raise
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
+    finally:
+        metrics.observe_xnat_request(_ENDPOINT.get(), outcome, time.perf_counter() - t0)
+
+
 def _seg(value: str, what: str) -> str:
     """One URL path segment: never let a username or server name add a path level."""
     if not isinstance(value, str) or not value or value in (".", ".."):
@@ -351,10 +404,12 @@ class XnatClient:
         try:
             # httpx has per-phase timeouts only; a server that trickles bytes must not hold a
             # login for ever, so bound the whole exchange too.
-            resp = await asyncio.wait_for(
-                self._http.request(method, path, auth=as_auth(auth), params=params, headers=headers),
-                timeout=self.timeout * 1.5,
-            )
+            with _timed_exchange() as answer:
+                resp = await asyncio.wait_for(
+                    self._http.request(method, path, auth=as_auth(auth), params=params, headers=headers),
+                    timeout=self.timeout * 1.5,
+                )
+                answer.status = resp.status_code
         except (httpx.TimeoutException, asyncio.TimeoutError):
             raise XnatUnavailable(f"XNAT timed out after {self.timeout:g}s: {method} {safe}", url=safe) from None
         except httpx.ConnectError as e:
@@ -434,6 +489,7 @@ class XnatClient:
             expires_at=d["estimatedExpirationTime"] / 1000.0,
         )
 
+    @_endpoint
     async def issue_token(self, auth: Credentials) -> AliasToken:
         """A new alias token for the caller. With a password, this is also the password check.
 
@@ -442,6 +498,7 @@ class XnatClient:
         resp = await self._request("GET", "/data/services/tokens/issue", auth)
         return self._alias_token(resp)
 
+    @_endpoint
     async def issue_token_for(self, username: str, auth: Credentials) -> AliasToken:
         """A token for another user; XNAT allows this to site admins only."""
         resp = await self._request(
@@ -449,6 +506,7 @@ class XnatClient:
         )
         return self._alias_token(resp)
 
+    @_endpoint
     async def validate_token(self, token: XnatToken) -> str:
         """The token's owner, asked by using the token (``GET /xapi/users/username``).
 
@@ -460,6 +518,7 @@ class XnatClient:
         """
         return await self.whoami(token)
 
+    @_endpoint
     async def invalidate_token(self, token: XnatToken, auth: Credentials | None = None) -> None:
         """End a token, authenticated as its owner (the token itself) or a site admin (``auth``).
 
@@ -472,6 +531,7 @@ class XnatClient:
 
     # -- users ------------------------------------------------------------------------------
 
+    @_endpoint
     async def whoami(self, auth: Credentials) -> str:
         resp = await self._request(
             "GET", "/xapi/users/username", auth, idempotent=True, accept="text/plain, application/json"
@@ -482,18 +542,21 @@ class XnatClient:
         self._expect(bool(_PLAIN_USERNAME.fullmatch(name)), "a username", resp)
         return name
 
+    @_endpoint
     async def profile(self, auth: Credentials) -> dict:
         resp = await self._request("GET", "/xapi/users/profile", auth, idempotent=True)
         d = self._json(resp)
         self._expect(isinstance(d, dict) and isinstance(d.get("username"), str), "username", resp)
         return d
 
+    @_endpoint
     async def user(self, username: str, auth: Credentials) -> dict:
         resp = await self._request("GET", f"/xapi/users/{_seg(username, 'username')}", auth, idempotent=True)
         d = self._json(resp)
         self._expect(isinstance(d, dict) and isinstance(d.get("username"), str), "username", resp)
         return d
 
+    @_endpoint
     async def user_roles(self, username: str, auth: Credentials) -> list[str]:
         resp = await self._request(
             "GET", f"/xapi/users/{_seg(username, 'username')}/roles", auth, idempotent=True
@@ -502,6 +565,7 @@ class XnatClient:
         self._expect(isinstance(d, list) and all(isinstance(r, str) for r in d), "a list of roles", resp)
         return d
 
+    @_endpoint
     async def all_users_can_start_jupyter(self, auth: Credentials) -> bool:
         resp = await self._request(
             "GET", "/xapi/jupyterhub/preferences/allUsersCanStartJupyter", auth, idempotent=True
@@ -512,6 +576,7 @@ class XnatClient:
         # XNAT preferences are strings in some versions.
         return v is True or (isinstance(v, str) and v.lower() == "true")
 
+    @_endpoint
     async def can_start_jupyter(self, username: str, auth: Credentials) -> bool:
         """The plugin's rule: role ``Jupyter`` or the site-wide preference ``allUsersCanStartJupyter``.
 
@@ -532,6 +597,7 @@ class XnatClient:
 
     # -- the site -------------------------------------------------------------------------
 
+    @_endpoint
     async def build_info(self, auth: Credentials) -> dict:
         """XNAT's build properties (``version``, ``buildNumber``, ``commit``, ...).
 
@@ -545,6 +611,7 @@ class XnatClient:
 
     # -- projects and the JupyterHub plugin -------------------------------------------------
 
+    @_endpoint
     async def projects(self, auth: Credentials) -> list[dict]:
         """Projects the caller can read (XNAT's default project listing)."""
         resp = await self._request("GET", "/data/projects", auth, params={"format": "json"}, idempotent=True)
@@ -558,6 +625,7 @@ class XnatClient:
         rows = [r for r in d["ResultSet"]["Result"] if isinstance(r, dict) and isinstance(r.get("ID"), str)]
         return rows
 
+    @_endpoint
     async def can_read_project_data(self, project_id: str, auth: Credentials) -> bool:
         """Whether the caller may read the project's data, not only see it listed.
 
@@ -575,6 +643,7 @@ class XnatClient:
         self._expect(isinstance(d, dict) and isinstance(d.get("ResultSet"), dict), "ResultSet", resp)
         return True
 
+    @_endpoint
     async def user_options(self, username: str, servername: str, auth: Credentials) -> dict:
         """Launch options XNAT stored when the user clicked "Start Jupyter".
 
