@@ -112,6 +112,9 @@ def world(oidc_aaf, xnat_emulator_session, tmp_path_factory):
         "c.JupyterHub.cleanup_servers = False\n"
         "c.XnatSpawnHooks.allowed_images = ['*']\n"
         "c.XnatOAuthenticator.xnat_server_token_max_age = 3600\n"
+        # the test's API token reads /hub/metrics as Prometheus would
+        'c.JupyterHub.load_roles.append({"name": "metrics-reader", "scopes": ["read:metrics"], '
+        '"services": ["test-admin"]})\n'
     )
     with running_hub(workdir, cfg, port=port, env={"JH_XNAT_PASSWORD": SERVICE_PASSWORD}) as hub:
         yield hub, oidc_aaf
@@ -273,6 +276,7 @@ async def test_a_server_whose_token_expires_within_a_minute_keeps_reading_throug
         assert [status for _, _, status in reads] == [200] * len(reads), "every read succeeded"
         aliases = list(dict.fromkeys(alias for _, alias, _ in reads))
         assert aliases[0] == first and len(aliases) >= 3, aliases
+        assert await renewals_counted(hub, "success", "none") >= len(aliases) - 1
         # each token was ended in XNAT after the one replacing it was minted (and delivered); the
         # current one lives until the server stops
         ended = [c.path_redacted.rsplit("/", 1)[-1] for c in xnat.calls
@@ -360,9 +364,25 @@ async def test_a_token_not_issued_to_a_server_gets_403(world, person, xnat):
             await stop_all(hub, name)
 
 
+async def renewals_counted(hub, outcome: str, reason: str) -> float:
+    """``xnat_oauth_token_renewals_total`` for this outcome and reason, as /hub/metrics says."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.test_observability import read_metrics
+
+    for family in text_string_to_metric_families(await read_metrics(hub)):
+        for sample in family.samples:
+            if sample.name == "xnat_oauth_token_renewals_total" and sample.labels == {
+                "outcome": outcome, "reason": reason
+            }:
+                return sample.value
+    return 0.0
+
+
 async def test_renewal_stops_when_the_users_hub_session_ends(world, person, xnat):
     hub, _ = world
     name = person["name"]
+    ended_before = await renewals_counted(hub, "refused", "session_ended")
     browser = await log_in(hub, person)
     async with browser:
         env = await started(hub, name)
@@ -377,6 +397,8 @@ async def test_renewal_stops_when_the_users_hub_session_ends(world, person, xnat
     assert "hub session has ended" in warning and "Log in to the hub again" in warning
     out = xnat_token_cli(env, "--min-valid", str(10**9))
     assert out.returncode == 0 and "hub session has ended" in out.stderr
+    # the operators see the refusal, by reason (the client does not ask again at once)
+    assert await renewals_counted(hub, "refused", "session_ended") >= ended_before + 1
     await stop(hub, name)
     assert xnat.token_owner(first["user"], first["password"]) is None
 

@@ -33,9 +33,9 @@ from jupyterhub.apihandlers.base import APIHandler
 from jupyterhub.crypto import EncryptionUnavailable
 from jupyterhub.scopes import has_scope
 
+from . import decisions
 from .auth_state import XnatAuthState, XnatToken
 from .errors import XnatUnavailable
-from . import decisions
 from .server_tokens import ServerRecord, ServerToken, ServerTokenRefused, discard, invalidate, mint, store_for
 
 log = logging.getLogger("xnat_oauth.renewal")
