@@ -343,8 +343,9 @@ def test_xnat_latency_is_counted_per_request_by_client_method_and_status_class(m
     by = {tuple(v for _, v in labels): n for labels, n in counts.items()}  # (endpoint, status)
     # every request XNAT received came from this hub (its login path and its spawn hooks)
     assert sum(by.values()) == m.xnat.count()
-    # Alice, bob and carol got tokens for their passwords; the AAF user through the Bearer exchange
-    assert by[("issue_token", "2xx")] == 4
+    # Alice, bob and carol got tokens for their passwords; the AAF user through the Bearer
+    # exchange; and the server that started got a token of its own (minted at its spawn)
+    assert by[("issue_token", "2xx")] == 5
     assert by[("issue_token", "4xx")] == 2  # the wrong password, the refused provider token
     assert by[("projects", "2xx")] == 2  # one listing per spawn
     endpoints = {e for e, _ in by}

@@ -292,7 +292,7 @@ def _refreshed(user_name: str, outcome: str, handler, authenticator) -> None:
 # -- spawns, renewals ------------------------------------------------------------------------------
 
 #: spawn refusals that mean the hub could not decide (an outage or its own configuration)
-SPAWN_ERROR_REASONS = frozenset({"xnat_unavailable", "xnat_refused", "config"})
+SPAWN_ERROR_REASONS = frozenset({"xnat_unavailable", "xnat_refused", "config", "renewal_unavailable"})
 
 
 def spawn_outcome(reason: str) -> str:

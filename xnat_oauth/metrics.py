@@ -58,6 +58,7 @@ SPAWN_REASONS = (
     NONE,
     "xnat_unavailable",
     "token_expired",
+    "renewal_unavailable",
     "launch_options_not_found",
     "no_data",
     "invalid_launch_options",
