@@ -46,7 +46,10 @@ def test_bench_login_with_three_logins_per_side_writes_the_report(tmp_path, caps
         "one_xnat_call_per_login_without_permission_check",
         "two_provider_hub_cpu_per_login_within_5pct",
     }
-    assert set(report["two_providers_over_one"]) == {"hub_cpu_per_login", "logins_per_s", "logins"}
+    assert set(report["two_providers_over_one"]) == {
+        "hub_cpu_per_login", "logins_per_s", "logins", "baseline", "against_aaf_only"
+    }
+    assert report["variants"]["xnat_google"]["xnat_calls_per_login"]["total"] == 1.0
     # the two-provider hub's first logins fetch each provider's discovery and keys once
     cold_two = report["variants"]["xnat_two_providers"]["hub_requests_first_login"]
     assert cold_two["discovery"] == 1 and cold_two["jwks"] == 1, cold_two
