@@ -82,7 +82,7 @@ def _client(settings: XnatSpawnHooks, url: str) -> XnatClient:
     loop = asyncio.get_running_loop()
     per_loop = _CLIENTS.setdefault(loop, {})
     key = (url, settings.xnat_timeout, settings.xnat_read_retries, settings.xnat_ca_bundle,
-           settings.service_session_max_idle)
+           settings.service_session_max_idle, settings.xnat_max_concurrent_requests)
     client = per_loop.get(key)
     if client is None:
         client = per_loop[key] = XnatClient(
@@ -92,6 +92,7 @@ def _client(settings: XnatSpawnHooks, url: str) -> XnatClient:
             ssl_context=_ssl_context(settings.xnat_ca_bundle),
             keep_sessions=True,
             session_max_idle=settings.service_session_max_idle,
+            max_in_flight=settings.xnat_max_concurrent_requests,
         )
     return client
 

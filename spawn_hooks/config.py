@@ -99,6 +99,16 @@ class XnatSpawnHooks(Configurable):
         help="Retries of a failed XNAT read (outage only) at spawn time; each waits a little longer.",
     )
 
+    xnat_max_concurrent_requests = Int(
+        32,
+        min=1,
+        config=True,
+        help="""At most this many of the spawn hooks' requests wait on XNAT at once (per hub);
+        more wait their turn in the hub, which does not count towards `xnat_timeout`. Many
+        servers starting together (a class at 9 am) then queue in the hub instead of taking all
+        of XNAT's worker threads, which serve its web users too.""",
+    )
+
     xnat_ca_bundle = Unicode(
         "",
         config=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import httpx
@@ -323,3 +324,40 @@ async def test_transport_error_classes_are_unavailable(people, xnat):
         xnat.fault("users.profile", "drop")
         with pytest.raises(XnatUnavailable):
             await c.profile(A)
+
+
+# -- load on XNAT -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [1, 2, 4])
+async def test_at_most_max_in_flight_requests_wait_on_xnat_at_once(xnat, people, limit):
+    xnat.fault("users.username", "slow", delay=0.5)
+    async with XnatClient(xnat.url, timeout=5, max_in_flight=limit) as c:
+        names = await asyncio.gather(*(c.whoami(A) for _ in range(6)))
+    assert names == ["alice"] * 6
+    # all six were sent at once; XNAT saw exactly ``limit`` of them at a time
+    assert xnat.max_in_flight == limit
+    assert xnat.in_flight == 0
+
+
+async def test_without_a_tight_limit_the_same_burst_reaches_xnat_at_once(xnat, people):
+    # the control for the test above: the emulator does count concurrent requests
+    xnat.fault("users.username", "slow", delay=0.5)
+    async with XnatClient(xnat.url, timeout=5) as c:
+        await asyncio.gather(*(c.whoami(A) for _ in range(6)))
+    assert xnat.max_in_flight == 6
+
+
+async def test_waiting_for_a_turn_does_not_count_towards_the_timeout(xnat, people):
+    # each request takes 0.3 s of XNAT's time, under the 0.5 s timeout; the last one waits
+    # 0.9 s for its turn and must still succeed
+    xnat.fault("users.username", "slow", delay=0.3)
+    async with XnatClient(xnat.url, timeout=0.5, read_retries=0, max_in_flight=1) as c:
+        names = await asyncio.gather(*(c.whoami(A) for _ in range(4)))
+    assert names == ["alice"] * 4
+    assert xnat.max_in_flight == 1
+
+
+def test_max_in_flight_must_be_positive():
+    with pytest.raises(ValueError, match="max_in_flight"):
+        XnatClient("http://127.0.0.1:9", max_in_flight=0)

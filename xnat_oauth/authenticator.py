@@ -178,6 +178,15 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings, AuditS
         timeout or 5xx. Token issue and password checks are never retried (a retried wrong
         password counts twice towards XNAT's account lockout).""",
     )
+    xnat_max_concurrent_requests = Integer(
+        32,
+        min=1,
+        config=True,
+        help="""At most this many of the hub's login requests wait on XNAT at once; more wait
+        their turn in the hub (the wait does not count towards `xnat_timeout`). Keeps a
+        workshop's logins from taking all of XNAT's worker threads, which serve its web users
+        too.""",
+    )
     xnat_validate_cert = Bool(
         True,
         config=True,
@@ -823,6 +832,7 @@ class XnatOAuthenticator(GenericOAuthenticator, PasswordThrottleSettings, AuditS
             timeout=self.xnat_timeout,
             read_retries=self.xnat_read_retries,
             verify=verify,
+            max_in_flight=self.xnat_max_concurrent_requests,
         )
 
     @cached_property

@@ -298,6 +298,7 @@ class XnatClient:
     ``url`` is XNAT's base URL (with its context path, e.g. ``https://host/xnat``).
     ``verify`` is True (system CAs), False (never in production), or a CA bundle path.
     ``read_retries`` bounds the retries of idempotent reads after an outage.
+    ``max_in_flight`` bounds the requests waiting on XNAT at once; more queue in the client.
     """
 
     def __init__(
@@ -314,6 +315,7 @@ class XnatClient:
         ssl_context: ssl.SSLContext | None = None,
         keep_sessions: bool = False,
         session_max_idle: float = 600.0,
+        max_in_flight: int = 32,
     ):
         if not url or not url.startswith(("http://", "https://")):
             raise ValueError(f"XNAT url must start with http:// or https://, got {url!r}")
@@ -321,6 +323,15 @@ class XnatClient:
         self.timeout = float(timeout)
         self.read_retries = max(0, int(read_retries))
         self.retry_backoff = retry_backoff
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight!r}")
+        # At most this many requests wait on XNAT at once; the rest queue here. A spawn storm
+        # must not take every worker thread of XNAT's Tomcat, which serves its web users too;
+        # and httpcore's pool scans its queue against every connection on each change
+        # (quadratic: encode/httpcore#1035, encode/httpx#3215), which at 600 queued requests
+        # cost the hub more CPU than everything else a spawn does. Measured in
+        # benchmarks/bench_spawn.py.
+        self._in_flight = asyncio.Semaphore(max_in_flight)
         if ssl_context is not None:
             verify_arg: Any = ssl_context
         elif isinstance(verify, str):
@@ -338,6 +349,7 @@ class XnatClient:
             cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
             headers={"User-Agent": f"xnat-oauth/{_version.__version__}", "Accept": "application/json"},
             transport=transport,
+            limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
         )
         #: per-credential XNAT sessions (``keep_sessions=True``), else None: a session per call
         self.sessions: SessionStore | None = SessionStore(session_max_idle) if keep_sessions else None
@@ -404,12 +416,15 @@ class XnatClient:
         try:
             # httpx has per-phase timeouts only; a server that trickles bytes must not hold a
             # login for ever, so bound the whole exchange too.
-            with _timed_exchange() as answer:
-                resp = await asyncio.wait_for(
-                    self._http.request(method, path, auth=as_auth(auth), params=params, headers=headers),
-                    timeout=self.timeout * 1.5,
-                )
-                answer.status = resp.status_code
+            # The wait for a turn is not XNAT's time: it counts neither towards the timeout nor
+            # in the latency metric. It is bounded: every request ahead ends within its timeout.
+            async with self._in_flight:
+                with _timed_exchange() as answer:
+                    resp = await asyncio.wait_for(
+                        self._http.request(method, path, auth=as_auth(auth), params=params, headers=headers),
+                        timeout=self.timeout * 1.5,
+                    )
+                    answer.status = resp.status_code
         except (httpx.TimeoutException, asyncio.TimeoutError):
             raise XnatUnavailable(f"XNAT timed out after {self.timeout:g}s: {method} {safe}", url=safe) from None
         except httpx.ConnectError as e:

@@ -286,6 +286,11 @@ class XnatEmulator:
         #: fault), so a test can wait for a request that will never be answered (see wait_for)
         self.arrivals: collections.Counter[str] = collections.Counter()
         self._arrived = threading.Condition(self._lock)
+        # Not an XNAT behaviour but an observation of the hub: how many requests were being
+        # served at once (now, and at most since the last reset), so a test can see how hard
+        # the hub's client presses on XNAT.
+        self.in_flight = 0
+        self.max_in_flight = 0
         # every request's path and query as sent, secrets and all (see seen_uris); cleared by reset
         self._uris: collections.deque[str] = collections.deque(maxlen=100_000)
         # bounded: the demo and the benchmarks run an emulator for long
@@ -1072,6 +1077,7 @@ class XnatEmulator:
             self.sessions_opened = {}
             self.calls = []
             self.arrivals = collections.Counter()
+            self.max_in_flight = self.in_flight
             self.bearer_refusals = []
             self._uris.clear()
             self._generation += 1
@@ -1133,6 +1139,15 @@ class XnatEmulator:
             if generation == self._generation:
                 self.arrivals[endpoint] += 1
                 self._arrived.notify_all()
+
+    def _enter(self):
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self):
+        with self._lock:
+            self.in_flight -= 1
 
     def wait_for(self, endpoint: str, count: int, timeout: float = 30.0) -> bool:
         """Block until ``endpoint`` has received ``count`` requests since the last reset (the

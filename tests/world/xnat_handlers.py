@@ -49,6 +49,7 @@ class XnatHandler(web.RequestHandler):
         self.session_id: str | None = None
         self.dropped = False
         self._recorded = False
+        self._in_flight = False
         self._generation = emu._generation
 
     # -- plumbing --------------------------------------------------------------------------
@@ -116,8 +117,21 @@ class XnatHandler(web.RequestHandler):
 
     # -- faults ------------------------------------------------------------------------------
 
+    def on_finish(self):
+        self._leave()
+
+    def on_connection_close(self):
+        self._leave()
+
+    def _leave(self):
+        if self._in_flight:
+            self._in_flight = False
+            self.emu._leave()
+
     async def prepare(self):
         self.emu._arrive(self.endpoint, self._generation)
+        self._in_flight = True
+        self.emu._enter()
         f = self.emu._take_fault(self.endpoint)
         if f is not None:
             if f.kind == "slow":
