@@ -20,7 +20,7 @@ from joserfc.jwk import KeySet
 
 from tests.world.fixtures_oidc import IdpAccount, new_login
 from tests.world.idp_login import login_via_idp
-from tests.world.oidc_provider import OidcProvider
+from tests.world.oidc_provider import OidcProvider, OidcProviderError
 
 # the OpenID provider the tests log in at, not the product
 pytestmark = pytest.mark.world
@@ -261,3 +261,11 @@ async def test_id_tokens_in_rs384_rs512_pass_xnats_bearer_path_access_tokens_sta
                                  accepted_audiences=[rp.client_id], force_user_create=True,
                                  username_pattern="[sub]")
         assert as_bearer(mine).status_code == 403
+
+
+def test_a_provider_that_stays_silent_is_tried_once_more_then_reported_with_its_state(tmp_path, caplog):
+    provider = OidcProvider(tmp_path / "idp", profile="aaf", start_timeout=0.01)
+    with pytest.raises(OidcProviderError, match=r"no READY line within 0.01s; node was "):
+        provider.start()
+    assert "starting it once more" in caplog.text
+    assert provider._proc is None  # both tries stopped
