@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import collections
 import json
-import multiprocessing
 import os
 import platform
 import pstats
@@ -56,11 +55,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from benchmarks.remote_xnat import RemoteXnat
+from benchmarks.stats import percentile
 from tests.world.browser import SHARED_SSL_CONTEXT
 from tests.world.hub import HubProcess, free_port
 from tests.world.idp_login import IdpLoginError, login_via_idp
 from tests.world.oidc_provider import OidcProvider
-from tests.world.xnat_emulator import ENDPOINTS, XnatEmulator
 from xnat_oauth.oidc.presets import get_preset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,76 +77,6 @@ PROVIDER_ID = "aaf"
 WARMUP_LOGINS = 5
 PHASE_TIMEOUT = 120.0  # seconds; no phase of a sane run comes near it
 LOGIN_TIMEOUT = 30.0
-
-
-# -- the XNAT emulator, in a process of its own ------------------------------------------------
-
-
-def _serve_emulator(root: str, conn) -> None:
-    """Child process: run an emulator and answer ``(method, args, kwargs)`` requests on ``conn``."""
-    emu = XnatEmulator(root=Path(root)).start()
-    conn.send(emu.url)
-    allowed = {"add_user", "add_openid_account", "enable_bearer"}
-    try:
-        while True:
-            method, args, kwargs = conn.recv()
-            if method == "stop":
-                break
-            if method == "calls":
-                conn.send(collections.Counter({e: emu.count(e) for e in ENDPOINTS if emu.count(e)}))
-            elif method in allowed:
-                conn.send(getattr(emu, method)(*args, **kwargs))
-            else:
-                conn.send(ValueError(f"not allowed: {method}"))
-    finally:
-        emu.stop()
-
-
-class RemoteXnat:
-    """The XNAT emulator in a child process, so its CPU is not the benchmark client's."""
-
-    def __init__(self, root: Path):
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve_emulator, args=(str(root), child), daemon=True)
-        self.process.start()
-        if not self._conn.poll(30):
-            self.stop()
-            raise RuntimeError("XNAT emulator process did not start within 30 s")
-        self.url: str = self._conn.recv()
-
-    def _call(self, method: str, *args, **kwargs):
-        self._conn.send((method, args, kwargs))
-        if not self._conn.poll(30):
-            raise RuntimeError(f"XNAT emulator did not answer {method} within 30 s")
-        result = self._conn.recv()
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    def add_user(self, *args, **kwargs):
-        return self._call("add_user", *args, **kwargs)
-
-    def add_openid_account(self, *args, **kwargs):
-        return self._call("add_openid_account", *args, **kwargs)
-
-    def enable_bearer(self, *args, **kwargs):
-        return self._call("enable_bearer", *args, **kwargs)
-
-    def calls(self) -> collections.Counter:
-        """Requests served so far, by endpoint."""
-        return self._call("calls")
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            try:
-                self._conn.send(("stop", (), {}))
-            except (BrokenPipeError, OSError):
-                pass
-            self.process.join(10)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
 
 
 # -- hub configuration ---------------------------------------------------------------------------
@@ -356,11 +286,6 @@ class Variant:
         return {"hub": self.pid, "proxy": self.hub.proxy_pid, "idp": idp_pid, "xnat": xnat_pid}
 
 
-def _percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
-
-
 def _per_login(counter: collections.Counter, n: int) -> dict[str, float]:
     return {k: round(v / n, 3) for k, v in sorted(counter.items())} if n else {}
 
@@ -375,8 +300,8 @@ def summarise(v: Variant) -> dict:
         "wall_s": round(v.wall, 3),
         "logins_per_s": round(len(v.latencies) / v.wall, 2) if v.wall else 0.0,
         "latency_ms": {
-            "p50": round(_percentile(ms, 50), 1) if ms else None,
-            "p95": round(_percentile(ms, 95), 1) if ms else None,
+            "p50": round(percentile(ms, 50), 1) if ms else None,
+            "p95": round(percentile(ms, 95), 1) if ms else None,
             "mean": round(statistics.fmean(ms), 1) if ms else None,
             "max": round(max(ms), 1) if ms else None,
         },
@@ -447,7 +372,7 @@ async def _measure_phase(
     """One timed batch of logins on one hub; adds its figures to ``v``."""
     cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
     client0 = time.process_time()
-    xnat0 = xnat.calls()
+    xnat0 = xnat.call("calls")
     v.requests.take()
     if profile and v.pid:
         os.kill(v.pid, signal.SIGUSR2)  # profiler on
@@ -460,7 +385,7 @@ async def _measure_phase(
     v.latencies += ok
     v.failed += len(results) - len(ok)
     v.hub_calls += v.requests.take()
-    v.xnat_calls += xnat.calls() - xnat0
+    v.xnat_calls += xnat.call("calls") - xnat0
     for k, p in pids.items():
         v.cpu[k] += cpu_seconds(p) - cpu0[k]
     v.cpu["client"] += time.process_time() - client0
@@ -527,12 +452,13 @@ def _make_variants(
             )
         log = RequestLog(workdir / "requests.log", names, urlsplit(xnat.url).netloc)
         variants.append(Variant(name, HubProcess(workdir, cfg, port=client.port), log))
-    xnat.enable_bearer(
-        PROVIDER_ID, issuer=provider.issuer, jwks_url=endpoints["jwks_uri"], accepted_audiences=xnat_clients
+    xnat.call(
+        "enable_bearer", PROVIDER_ID, issuer=provider.issuer, jwks_url=endpoints["jwks_uri"],
+        accepted_audiences=xnat_clients,
     )
     if second is not None:
-        xnat.enable_bearer(
-            SECOND_PROVIDER_ID, issuer=second.issuer, jwks_url=second_endpoints["jwks_uri"],
+        xnat.call(
+            "enable_bearer", SECOND_PROVIDER_ID, issuer=second.issuer, jwks_url=second_endpoints["jwks_uri"],
             accepted_audiences=second_clients,
         )
     return variants
@@ -568,9 +494,9 @@ async def run(out: Path, *, logins: int, concurrency: int, rounds: int, profile_
             pool = [f"bench{i:03d}" for i in range(max(2 * concurrency, WARMUP_LOGINS))]
             for login in pool:
                 claims = provider.aaf_account(login)
-                xnat.add_openid_account(PROVIDER_ID, f"{PROVIDER_ID}_{claims['sub']}", roles=["Jupyter"])
+                xnat.call("add_openid_account", PROVIDER_ID, f"{PROVIDER_ID}_{claims['sub']}", roles=["Jupyter"])
                 g = second.google_account(login)
-                xnat.add_openid_account(SECOND_PROVIDER_ID, f"{SECOND_PROVIDER_ID}_{g['sub']}", roles=["Jupyter"])
+                xnat.call("add_openid_account", SECOND_PROVIDER_ID, f"{SECOND_PROVIDER_ID}_{g['sub']}", roles=["Jupyter"])
             variants = _make_variants(tmp, provider, xnat, endpoints, profile, second, second_endpoints)
             await asyncio.gather(*(asyncio.to_thread(v.hub.start) for v in variants))
             idp_pid = child_pid(str(tmp / "idp"))

@@ -49,6 +49,8 @@ import requests
 from jupyterhub.spawner import Spawner
 from traitlets import Unicode
 
+from benchmarks.stats import latency_summary
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N_SPAWNS = 50
 SIZES = (50, 200)
@@ -130,24 +132,6 @@ class _Stub(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
-
-
-def _percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
-
-
-def _summary(lat: list[float]) -> dict:
-    if not lat:
-        return {"n": 0}
-    ms = [x * 1000 for x in lat]
-    return {
-        "n": len(ms),
-        "p50_ms": round(_percentile(ms, 50), 1),
-        "p99_ms": round(_percentile(ms, 99), 1),
-        "max_ms": round(max(ms), 1),
-        "mean_ms": round(statistics.fmean(ms), 1),
-    }
 
 
 def _hub_config(variant: str, xnat, stub_url: str) -> str:
@@ -244,8 +228,8 @@ async def _measure(hub, users: list[str], window: float, bodies: dict | None = N
     # idles, and counting those calls would flatter whichever variant finishes first.
     busy_until = max(spawned) if len(spawned) == len(users) else window
     return {
-        "api_latency": _summary([lat for start, lat in probes if start < busy_until]),
-        "api_latency_whole_window": _summary([lat for _, lat in probes]),
+        "api_latency": latency_summary([lat for start, lat in probes if start < busy_until]),
+        "api_latency_whole_window": latency_summary([lat for _, lat in probes]),
         "spawns_failed": failed,
         "spawns_ready": len(spawned),
         "all_ready_s": round(max(spawned), 2) if len(spawned) == len(users) else None,
@@ -261,7 +245,7 @@ async def _idle_latency(hub, n: int = 50) -> dict:
             t = time.monotonic()
             (await client.get(f"{hub.hub_url}/api/users/probe", headers=headers)).raise_for_status()
             lat.append(time.monotonic() - t)
-    return _summary(lat)
+    return latency_summary(lat)
 
 
 async def _variant(variant: str, n: int, xnat, stub_url: str, workdir: Path) -> dict:

@@ -39,12 +39,10 @@ import argparse
 import asyncio
 import collections
 import json
-import multiprocessing
 import os
 import secrets
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -56,11 +54,12 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.bench_login import Client, child_pid, cpu_seconds, machine_info, profile_shares
+from benchmarks.remote_xnat import RemoteXnat
+from benchmarks.stats import latency_summary
 from tests.world.browser import SHARED_SSL_CONTEXT, HubBrowser
 from tests.world.hub import HubProcess, free_port
 from tests.world.idp_login import IdpLoginError, login_via_idp
 from tests.world.oidc_provider import OidcProvider
-from tests.world.xnat_emulator import ENDPOINTS, XnatEmulator
 from xnat_oauth.oidc.presets import get_preset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -76,72 +75,6 @@ SPAWN_TIMEOUT = 180.0
 START_GRACE = 30.0  # a spawn asked for must have begun by then
 PHASE_TIMEOUT = 900.0
 CALIBRATION_REQUESTS = 100  # seconds; no phase of a sane run comes near it
-
-
-# -- the XNAT emulator, in a process of its own -----------------------------------------------------
-
-
-def _serve_emulator(root: str, conn) -> None:
-    """Child process: run an emulator and answer ``(method, args, kwargs)`` requests on ``conn``."""
-    emu = XnatEmulator(root=Path(root)).start()
-    conn.send(emu.url)
-    allowed = {"add_user", "add_openid_account", "enable_bearer", "add_project", "store_user_options"}
-    try:
-        while True:
-            method, args, kwargs = conn.recv()
-            if method == "stop":
-                break
-            if method == "calls":
-                conn.send(collections.Counter({e: emu.count(e) for e in ENDPOINTS if emu.count(e)}))
-            elif method == "sessions":
-                conn.send(dict(emu.sessions_opened))
-            elif method == "paths":
-                conn.send({
-                    "archive_prefix": emu.site_archive_path,
-                    "archive_host_prefix": str(emu.archive_root),
-                    "workspace_prefix": emu.site_workspace_path,
-                    "workspace_host_prefix": str(emu.workspace_root),
-                })
-            elif method in allowed:
-                conn.send(getattr(emu, method)(*args, **kwargs))
-            else:
-                conn.send(ValueError(f"not allowed: {method}"))
-    finally:
-        emu.stop()
-
-
-class RemoteXnat:
-    """The XNAT emulator in a child process, so its CPU is neither the hub's nor the client's."""
-
-    def __init__(self, root: Path):
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve_emulator, args=(str(root), child), daemon=True)
-        self.process.start()
-        if not self._conn.poll(30):
-            self.stop()
-            raise RuntimeError("XNAT emulator process did not start within 30 s")
-        self.url: str = self._conn.recv()
-
-    def call(self, method: str, *args, **kwargs):
-        self._conn.send((method, args, kwargs))
-        if not self._conn.poll(30):
-            raise RuntimeError(f"XNAT emulator did not answer {method} within 30 s")
-        result = self._conn.recv()
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            try:
-                self._conn.send(("stop", (), {}))
-            except (BrokenPipeError, OSError):
-                pass
-            self.process.join(10)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
 
 
 # -- the people ---------------------------------------------------------------------------------------
@@ -406,24 +339,6 @@ class Prober:
         if self._task is not None:
             await self._task
             self._task = None
-
-
-def _percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
-
-
-def latency_summary(seconds: list[float]) -> dict:
-    if not seconds:
-        return {"n": 0}
-    ms = [x * 1000 for x in seconds]
-    return {
-        "n": len(ms),
-        "p50_ms": round(_percentile(ms, 50), 1),
-        "p99_ms": round(_percentile(ms, 99), 1),
-        "max_ms": round(max(ms), 1),
-        "mean_ms": round(statistics.fmean(ms), 1),
-    }
 
 
 def server_pids(hub_pid: int | None) -> list[int]:
