@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .auth_state import Identity
 from .oidc.errors import IdentityConflict
+from .sqlite_store import open_state_db, write_transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS identity_bindings (
@@ -56,11 +57,7 @@ class IdentityBindings:
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
-            self._db = db
+            self._db = open_state_db(self.path, [_SCHEMA])
         return self._db
 
     def close(self) -> None:
@@ -107,18 +104,13 @@ class IdentityBindings:
 
     def bind(self, identity: Identity, username: str) -> bool:
         """Record the binding after checking it; True if it is new. IdentityConflict otherwise."""
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")  # check and insert as one, against a concurrent login
-        try:
+        # check and insert as one, against a concurrent login
+        with write_transaction(self._conn()) as db:
             self.check(identity, username)
             cur = db.execute(
                 "INSERT OR IGNORE INTO identity_bindings VALUES (?, ?, ?, ?, ?)",
                 (identity.issuer, identity.sub, username, identity.provider, self._clock()),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return cur.rowcount == 1
 
     def of_user(self, username: str) -> list[Binding]:

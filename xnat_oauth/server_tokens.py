@@ -39,6 +39,7 @@ from jupyterhub.crypto import CryptKeeper
 
 from .auth_state import XnatToken
 from .errors import XnatAuthError, XnatError, XnatNotFound, XnatUnavailable
+from .sqlite_store import open_state_db, write_transaction
 from .xnat_client import XnatClient
 
 log = logging.getLogger("xnat_oauth.server_tokens")
@@ -139,12 +140,7 @@ class ServerTokenStore:
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
-            db.execute("PRAGMA journal_mode=WAL")
-            for statement in _SCHEMA:
-                db.execute(statement)
-            self._db = db
+            self._db = open_state_db(self.path, _SCHEMA)
         return self._db
 
     def close(self) -> None:
@@ -215,9 +211,7 @@ class ServerTokenStore:
             raise ValueError(f"unknown origin {origin!r}")
         sealed = await self._seal(token) if token is not None else None
         now = self.clock()
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(self._conn()) as db:
             db.execute(
                 "UPDATE xnat_server_tokens SET state = ? WHERE username = ? AND server = ?",
                 (RETIRING, username, server),
@@ -228,10 +222,6 @@ class ServerTokenStore:
             )
             if token is not None:
                 self._insert(db, username, server, url, token, sealed, known_expiry, now, origin)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return await self.retiring(username, server)
 
     @staticmethod
@@ -248,9 +238,7 @@ class ServerTokenStore:
         new one is delivered). KeyError if the server is not recorded (it stopped meanwhile)."""
         sealed = await self._seal(token)
         now = self.clock()
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(self._conn()) as db:
             rec = db.execute(
                 "SELECT url FROM xnat_servers WHERE username = ? AND server = ?", (username, server)
             ).fetchone()
@@ -268,10 +256,6 @@ class ServerTokenStore:
             db.execute(
                 "UPDATE xnat_servers SET last_issue = ? WHERE username = ? AND server = ?", (now, username, server)
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         aliases = {a for (a,) in replaced}
         return [t for t in await self.retiring(username, server) if t.alias in aliases]
 
@@ -296,18 +280,12 @@ class ServerTokenStore:
 
     async def stop_server(self, username: str, server: str) -> list[ServerToken]:
         """The server stopped: forget it and return its tokens, all retiring now."""
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(self._conn()) as db:
             db.execute(
                 "UPDATE xnat_server_tokens SET state = ? WHERE username = ? AND server = ?",
                 (RETIRING, username, server),
             )
             db.execute("DELETE FROM xnat_servers WHERE username = ? AND server = ?", (username, server))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return await self.retiring(username, server)
 
     def forget(self, alias: str) -> None:

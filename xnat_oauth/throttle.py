@@ -59,6 +59,7 @@ from traitlets import Bool, HasTraits, Integer, Unicode
 from . import metrics
 from .client_address import throttle_key
 from .errors import LoginThrottled
+from .sqlite_store import write_transaction
 
 log = logging.getLogger("xnat_oauth.throttle")
 
@@ -227,9 +228,7 @@ class ThrottleStore:
     def add(self, key: str, now: float, *, failures: int = 0, uncertain: int = 0, keep_recent: int = 0) -> None:
         """Add failures (timestamped into ``recent``, of which the last ``keep_recent`` stay) and
         uncertain attempts (not timestamped) to a username's row."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(self._db) as db:
             old = self.get(key)
             recent = list(old.recent) if old else []
             recent.extend([now] * failures)
@@ -246,10 +245,6 @@ class ThrottleStore:
                     "UPDATE users SET failures = ?, uncertain = ?, total = ?, recent = ?, last = ? WHERE key = ?",
                     (f, u, f + u, json.dumps(recent), now, key),
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         if old is None:
             self.rows += 1
 
