@@ -29,6 +29,7 @@ from tests.world.browser_chromium import (  # noqa: F401 - fixtures used by name
     screenshots_dir,
 )
 from tests.world.fixtures_hub import running_hub
+from tests.world.hub_servers import emulator_site_lines
 from tests.world.xnat_emulator import XnatEmulator
 
 pytestmark = [pytest.mark.browser, requires_chromium]
@@ -61,13 +62,7 @@ def spawn_config(xnat: XnatEmulator, workdir) -> str:
         # CI and containers run as root, which jupyter_server refuses unless told
         'c.Spawner.args = ["--ServerApp.allow_root=True"]',
         "c.Spawner.start_timeout = 60",
-        f"c.XnatSpawnHooks.xnat_url = {xnat.url!r}",
-        f"c.XnatSpawnHooks.service_username = {SERVICE_USER!r}",
-        f"c.XnatSpawnHooks.archive_prefix = {xnat.site_archive_path!r}",
-        f"c.XnatSpawnHooks.archive_host_prefix = {str(xnat.archive_root)!r}",
-        f"c.XnatSpawnHooks.workspace_prefix = {xnat.site_workspace_path!r}",
-        f"c.XnatSpawnHooks.workspace_host_prefix = {str(xnat.workspace_root)!r}",
-        f"c.XnatSpawnHooks.local_data_root = {str(workdir / 'links')!r}",
+        *emulator_site_lines(xnat, workdir, service_user=SERVICE_USER),
     ]
     return "\n".join(lines) + "\n"
 

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.test_oidc_login import oidc_hub_config
 from tests.world.browser import SHARED_SSL_CONTEXT, HubBrowser
 from tests.world.hub import HubProcess, free_port, has_traceback
+from tests.world.hub_servers import emulator_site_lines
 from tests.world.idp_login import login_via_idp
 from tests.world.xnat_emulator import XnatEmulator
 from xnat_oauth import metrics
@@ -59,13 +60,7 @@ def spawn_config(xnat: XnatEmulator, workdir: Path) -> str:
         f"c.Spawner.cmd = [{sys.executable!r}, {str(TINY_SERVER)!r}]",
         "c.Spawner.start_timeout = 60",
         "c.Spawner.http_timeout = 30",
-        f"c.XnatSpawnHooks.xnat_url = {xnat.url!r}",
-        f"c.XnatSpawnHooks.service_username = {SERVICE_USER!r}",
-        f"c.XnatSpawnHooks.archive_prefix = {xnat.site_archive_path!r}",
-        f"c.XnatSpawnHooks.archive_host_prefix = {str(xnat.archive_root)!r}",
-        f"c.XnatSpawnHooks.workspace_prefix = {xnat.site_workspace_path!r}",
-        f"c.XnatSpawnHooks.workspace_host_prefix = {str(xnat.workspace_root)!r}",
-        f"c.XnatSpawnHooks.local_data_root = {str(workdir / 'links')!r}",
+        *emulator_site_lines(xnat, workdir, service_user=SERVICE_USER),
         # the test's API token reads /hub/metrics as Prometheus would, with read:metrics
         'c.JupyterHub.load_roles.append({"name": "metrics-reader", "scopes": ["read:metrics"], '
         '"services": ["test-admin"]})',

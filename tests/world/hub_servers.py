@@ -26,6 +26,21 @@ from tests.world.hub import HubProcess, process_alive
 SPAWN_TIMEOUT = 90.0
 
 
+def emulator_site_lines(xnat, workdir: Path, *, service_user: str) -> list[str]:
+    """``XnatSpawnHooks`` settings for the XNAT emulator ``xnat``: its URL, the hub's service
+    account, its archive and workspace (as XNAT names them and where they are on this host),
+    and the local adapter's link folder under ``workdir``."""
+    return [
+        f"c.XnatSpawnHooks.xnat_url = {xnat.url!r}",
+        f"c.XnatSpawnHooks.service_username = {service_user!r}",
+        f"c.XnatSpawnHooks.archive_prefix = {xnat.site_archive_path!r}",
+        f"c.XnatSpawnHooks.archive_host_prefix = {str(xnat.archive_root)!r}",
+        f"c.XnatSpawnHooks.workspace_prefix = {xnat.site_workspace_path!r}",
+        f"c.XnatSpawnHooks.workspace_host_prefix = {str(xnat.workspace_root)!r}",
+        f"c.XnatSpawnHooks.local_data_root = {str(workdir / 'links')!r}",
+    ]
+
+
 def local_servers_config(xnat, workdir: Path, *, service_user: str = "jupyterhub") -> str:
     """Local single-user servers with both spawn hooks, reading the emulator's archive."""
     lines = [
@@ -38,13 +53,7 @@ def local_servers_config(xnat, workdir: Path, *, service_user: str = "jupyterhub
         "c.Spawner.start_timeout = 60",
         "c.Spawner.http_timeout = 60",
         "c.JupyterHub.allow_named_servers = True",
-        f"c.XnatSpawnHooks.xnat_url = {xnat.url!r}",
-        f"c.XnatSpawnHooks.service_username = {service_user!r}",
-        f"c.XnatSpawnHooks.archive_prefix = {xnat.site_archive_path!r}",
-        f"c.XnatSpawnHooks.archive_host_prefix = {str(xnat.archive_root)!r}",
-        f"c.XnatSpawnHooks.workspace_prefix = {xnat.site_workspace_path!r}",
-        f"c.XnatSpawnHooks.workspace_host_prefix = {str(xnat.workspace_root)!r}",
-        f"c.XnatSpawnHooks.local_data_root = {str(workdir / 'links')!r}",
+        *emulator_site_lines(xnat, workdir, service_user=service_user),
     ]
     return "\n".join(lines) + "\n"
 
