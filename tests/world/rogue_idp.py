@@ -309,25 +309,21 @@ class RogueIdP:
 
     def shut(self, name: str = "main") -> None:
         """Stop listening on ``name``'s port ("main" or a door): connection refused from now on."""
-        listener = self._listeners[name]
+        self._on_loop(self._close(self._listeners[name]))
 
-        async def down() -> None:
-            if listener.server is not None:
-                server, listener.server = listener.server, None
-                server.stop()
-                await server.close_all_connections()
-
-        self._on_loop(down())
+    @staticmethod
+    async def _close(listener) -> None:
+        if listener.server is not None:
+            server, listener.server = listener.server, None
+            server.stop()
+            await server.close_all_connections()
 
     def open(self, name: str = "main", *, cert: str = "trusted") -> None:
         """Listen on ``name``'s port again; a https door with ``cert`` "trusted" or "untrusted"."""
         listener = self._listeners[name]
 
         async def up() -> None:
-            if listener.server is not None:
-                server, listener.server = listener.server, None
-                server.stop()
-                await server.close_all_connections()
+            await self._close(listener)
             listener.cert = cert
             self._serve(listener, tornado.netutil.bind_sockets(listener.port, LOOPBACK))
 
