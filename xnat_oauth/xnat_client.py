@@ -406,7 +406,7 @@ class XnatClient:
 
     async def _exchange(self, method, path, auth, params, accept, store, fp) -> httpx.Response:
         url = self.url + path
-        safe = redact_url(url)
+        # the redacted URL is for errors only: not computed on the way of an answer
         headers = {"Accept": accept}
         sid = store.get(fp) if store is not None else None
         if sid is not None:
@@ -426,12 +426,15 @@ class XnatClient:
                     )
                     answer.status = resp.status_code
         except (httpx.TimeoutException, asyncio.TimeoutError):
+            safe = redact_url(url)
             raise XnatUnavailable(f"XNAT timed out after {self.timeout:g}s: {method} {safe}", url=safe) from None
         except httpx.ConnectError as e:
+            safe = redact_url(url)
             raise XnatUnreachable(
                 f"XNAT unreachable: {method} {safe}: {type(e).__name__}", url=safe
             ) from None
         except httpx.TransportError as e:
+            safe = redact_url(url)
             raise XnatUnavailable(
                 f"XNAT unreachable: {method} {safe}: {type(e).__name__}", url=safe
             ) from None
@@ -446,6 +449,7 @@ class XnatClient:
                 store.touch(fp, sid)
         if status < 300:
             return resp
+        safe = redact_url(url)
         msg = f"XNAT answered {status} to {method} {safe}"
         if status == 401:
             raise XnatAuthError(msg, url=safe, status=status)
@@ -466,13 +470,14 @@ class XnatClient:
 
     @staticmethod
     def _json(resp: httpx.Response) -> Any:
-        safe = redact_url(resp.request.url)
         ctype = resp.headers.get("content-type", "")
         if "html" in ctype:
+            safe = redact_url(resp.request.url)
             raise XnatBadResponse(f"XNAT answered HTML, not JSON, to {safe}", url=safe, status=resp.status_code)
         try:
             return json.loads(resp.content)
         except ValueError:
+            safe = redact_url(resp.request.url)
             raise XnatBadResponse(
                 f"XNAT answered malformed JSON to {safe}", url=safe, status=resp.status_code
             ) from None
